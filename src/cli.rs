@@ -1,0 +1,222 @@
+//! The `pushgate` command line: one binary, one subcommand per part. Each subcommand loads the
+//! configuration (file, then `PUSHGATE__*` environment), sets up logging and hands over to its
+//! part; exit statuses are the ones operators script against.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "pushgate",
+    version,
+    about = "Hardened gateway and worker for Exchange push notifications"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway (DMZ): TLS, source allowlist, request rules, schema check, forwarding.
+    Gateway {
+        /// Configuration file (TOML); `PUSHGATE__SECTION__KEY` variables override its keys.
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Run the worker (intranet): durable ingest of notifications.
+    Worker {
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Check captured notification bodies with exactly the gateway's validator.
+    ///
+    /// Prints `FILE: valid` or `FILE: invalid: <reason>` per file; exits 0 when all are valid.
+    Validate {
+        /// Take the validator limits from this configuration file.
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// The Microsoft ranges list: update it (cron) or check an address against it.
+    Ranges {
+        #[command(subcommand)]
+        command: RangesCommand,
+    },
+    /// Configuration helpers.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// End-to-end demonstration on loopback with throw-away certificate, token and database.
+    Demo {
+        /// Keep the temporary directory (certificate, database, logs) and print where it is.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RangesCommand {
+    /// Fetch the Microsoft 365 endpoints feed and rewrite the ranges file (for cron).
+    ///
+    /// Exit status: 0 updated or already current, 2 feed unreachable or bad answer,
+    /// 3 refused by a sanity check, 1 anything else.
+    Update {
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Download even when the version did not change, and accept a large shrink.
+        #[arg(long)]
+        force: bool,
+        /// Read the endpoints answer from a file (hosts without internet access).
+        #[arg(long, requires = "version")]
+        from_file: Option<PathBuf>,
+        /// The feed version the file belongs to (with --from-file).
+        #[arg(long, requires = "from_file")]
+        version: Option<String>,
+        /// Say what was done in detail.
+        #[arg(long)]
+        verbose: bool,
+    },
+    /// Say whether an address is admitted by the ranges file, and by which range.
+    Check {
+        address: String,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and check a configuration; print the effective configuration as TOML.
+    Check {
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Loads the configuration or prints the one-line reason it cannot be used.
+fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("pushgate: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, with the chain of causes: what failed and why.
+            eprintln!("pushgate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Gateway { config } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&config.log);
+            exit_on_error(crate::gateway::run(config))
+        }
+        Command::Worker { config } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            crate::telemetry::init(&config.log);
+            exit_on_error(crate::worker::run(config))
+        }
+        Command::Validate { config, files } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            validate_files(&config, &files)
+        }
+        Command::Ranges { command } => match command {
+            RangesCommand::Update {
+                config,
+                force,
+                from_file,
+                version,
+                verbose,
+            } => {
+                let config = match load_config(config.as_deref()) {
+                    Ok(config) => config,
+                    Err(code) => return code,
+                };
+                let options = crate::ranges::UpdateOptions {
+                    force,
+                    from_file,
+                    version,
+                    verbose,
+                };
+                ExitCode::from(crate::ranges::run_update(&config, &options))
+            }
+            RangesCommand::Check { address, config } => {
+                let config = match load_config(config.as_deref()) {
+                    Ok(config) => config,
+                    Err(code) => return code,
+                };
+                ExitCode::from(crate::ranges::run_check(&config, &address))
+            }
+        },
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            match toml::to_string_pretty(&config) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pushgate: rendering the configuration: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Demo { keep } => exit_on_error(crate::demo::run(keep)),
+    }
+}
+
+/// `pushgate validate`: the gateway's verdict per file, one line each.
+fn validate_files(config: &Config, files: &[PathBuf]) -> ExitCode {
+    let limits = crate::notification::Limits::from(&config.validator);
+    let mut all_valid = true;
+    for file in files {
+        let label = file.display().to_string();
+        let line = match std::fs::read(file) {
+            Ok(body) => {
+                let (line, valid) = crate::notification::verdict_line(&label, &body, &limits);
+                all_valid &= valid;
+                line
+            }
+            Err(e) => {
+                all_valid = false;
+                format!("{label}: invalid: unreadable: {e}")
+            }
+        };
+        println!("{line}");
+    }
+    if all_valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

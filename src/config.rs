@@ -1,0 +1,664 @@
+//! Typed configuration for every part of pushgate: one TOML file, overridable key by key from the
+//! environment (`PUSHGATE__<SECTION>__<KEY>`), checked once into a validated form before anything
+//! starts. A bad configuration stops start-up with one line naming the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The largest body the gateway will ever buffer: pingora replays at most 64 KiB of a buffered body.
+pub const MAX_BODY_BYTES_CEILING: usize = 65_536;
+
+/// Environment prefix; `PUSHGATE__GATEWAY__LISTEN` overrides `[gateway] listen`.
+pub const ENV_PREFIX: &str = "PUSHGATE__";
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    pub validator: ValidatorConfig,
+    pub ranges: RangesConfig,
+    pub worker: WorkerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// TLS listener, the one Exchange connects to. Empty: no TLS listener (then `plain_listen`
+    /// must be set, for setups where a load balancer terminates TLS).
+    pub listen: String,
+    /// Optional plain-HTTP listener for on-premises setups where a load balancer terminates TLS.
+    /// Empty: off.
+    pub plain_listen: String,
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// How often the certificate and key files are checked for a renewal.
+    #[serde(with = "humantime_serde")]
+    pub tls_reload_interval: Duration,
+    pub ranges_file: PathBuf,
+    /// How often the ranges file is checked for a new version.
+    #[serde(with = "humantime_serde")]
+    pub ranges_reload_interval: Duration,
+    /// Where valid notifications go: `http://host:port` (the worker).
+    pub upstream: String,
+    pub upstream_token_file: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub upstream_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub upstream_connect_timeout: Duration,
+    pub metrics_listen: String,
+    /// Notification paths, compared on the raw request path. The legacy IIS path is matched
+    /// case-insensitively, every other path exactly.
+    pub paths: Vec<String>,
+    pub max_body_bytes: usize,
+    /// Load balancers whose PROXY protocol header or `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<String>,
+    /// Expect a PROXY protocol (v1 or v2) header on TLS connections from trusted proxies.
+    pub proxy_protocol: bool,
+    /// Administrators' networks: may open the confirmation page and `/healthz`, never POST.
+    pub probe_ranges: Vec<String>,
+    /// Whole request header must arrive within this time after the connection is ready.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Whole request body must arrive within this time after the header.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// TLS handshake (and PROXY header) must complete within this time after accept.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Connections served at once; further ones wait in the kernel backlog.
+    pub max_connections: usize,
+    /// Time in-flight requests get to finish on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// Access log destination: `stdout`, `off`, or a file path (JSON lines, appended).
+    pub access_log: String,
+    /// Worker threads of the gateway's runtime; 0 means one per core.
+    pub threads: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8443".into(),
+            plain_listen: String::new(),
+            tls_cert: "config/tls/cert.pem".into(),
+            tls_key: "config/tls/key.pem".into(),
+            tls_reload_interval: Duration::from_secs(5),
+            ranges_file: "ranges/exchange-online.txt".into(),
+            ranges_reload_interval: Duration::from_secs(2),
+            upstream: "http://127.0.0.1:8080".into(),
+            upstream_token_file: "config/upstream.token".into(),
+            upstream_timeout: Duration::from_secs(30),
+            upstream_connect_timeout: Duration::from_secs(5),
+            metrics_listen: "127.0.0.1:9464".into(),
+            paths: vec![
+                "/Webservices/SyncNotification.svc".into(),
+                "/api/webhooks/exchange".into(),
+            ],
+            max_body_bytes: MAX_BODY_BYTES_CEILING,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            probe_ranges: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            handshake_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(10),
+            access_log: "stdout".into(),
+            threads: 0,
+        }
+    }
+}
+
+/// Bounds of the notification validator's hostile-input rules. The defaults are far above anything
+/// Exchange sends (depth 9, names under 40 bytes, ids under 200 bytes, 50 events).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ValidatorConfig {
+    pub max_depth: usize,
+    pub max_name_bytes: usize,
+    pub max_attribute_bytes: usize,
+    pub max_attributes: usize,
+    pub max_text_bytes: usize,
+    pub max_events: usize,
+    pub max_response_messages: usize,
+}
+
+impl Default for ValidatorConfig {
+    fn default() -> Self {
+        Self {
+            max_depth: 32,
+            max_name_bytes: 256,
+            max_attribute_bytes: 8192,
+            max_attributes: 32,
+            max_text_bytes: 16384,
+            max_events: 512,
+            max_response_messages: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RangesConfig {
+    /// Root of the Microsoft 365 endpoints web service.
+    pub base_url: String,
+    /// `Worldwide`, `USGovDoD`, `USGovGCCHigh` or `China`.
+    pub instance: String,
+    /// Endpoint set ids to admit (1 and 2 are the Exchange Online front ends).
+    pub endpoint_sets: Vec<u32>,
+    /// Also admit every set of these categories (`Optimize`, `Allow`, `Default`).
+    pub categories: Vec<String>,
+    /// Also admit every set marked `required`.
+    pub include_required: bool,
+    pub extra_ranges: Vec<String>,
+    pub exclude_ranges: Vec<String>,
+    /// Refuse a new list that admits this many percent fewer addresses than the current file.
+    pub max_shrink_percent: f64,
+    /// Refuse IPv4 prefixes shorter than this.
+    pub min_prefix_v4: u8,
+    /// Refuse IPv6 prefixes shorter than this.
+    pub min_prefix_v6: u8,
+    /// Keeps the client request id and the last version written.
+    pub state_dir: PathBuf,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Attempts for transient failures (timeouts, resets, 5xx), with exponential backoff.
+    pub attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub retry_backoff: Duration,
+}
+
+impl Default for RangesConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://endpoints.office.com".into(),
+            instance: "Worldwide".into(),
+            endpoint_sets: vec![1, 2],
+            categories: Vec::new(),
+            include_required: false,
+            extra_ranges: Vec::new(),
+            exclude_ranges: Vec::new(),
+            max_shrink_percent: 20.0,
+            min_prefix_v4: 8,
+            min_prefix_v6: 16,
+            state_dir: "data/ranges-state".into(),
+            timeout: Duration::from_secs(30),
+            attempts: 3,
+            retry_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSubscriptions {
+    /// Store events of subscriptions the worker does not know and answer OK.
+    Accept,
+    /// Answer `Unsubscribe` to subscriptions the worker does not know.
+    Unsubscribe,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub listen: String,
+    /// `sqlite://PATH` or `postgres://...`.
+    pub database_url: String,
+    pub gateway_token_file: PathBuf,
+    pub metrics_listen: String,
+    pub retention_days: u32,
+    pub unknown_subscriptions: UnknownSubscriptions,
+    /// Longest a notification waits for others to share its commit.
+    #[serde(with = "humantime_serde")]
+    pub group_commit_wait: Duration,
+    /// Most notifications in one commit.
+    pub group_commit_max: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            database_url: "sqlite://data/pushgate.db".into(),
+            gateway_token_file: "config/upstream.token".into(),
+            metrics_listen: "127.0.0.1:9465".into(),
+            retention_days: 30,
+            unknown_subscriptions: UnknownSubscriptions::Accept,
+            group_commit_wait: Duration::from_millis(2),
+            group_commit_max: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter directive.
+    pub level: String,
+    /// `json` or `text`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: "json".into(),
+        }
+    }
+}
+
+/// A configuration problem, worded for the one line start-up prints before it stops.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn key(key: &str, problem: impl std::fmt::Display) -> Self {
+        ConfigError(format!("`{key}`: {problem}"))
+    }
+}
+
+impl Config {
+    /// Reads `path` (when given), applies `PUSHGATE__*` overrides and checks every key.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Same as [`Config::load`] with the environment provider given, so tests need not touch the
+    /// process environment.
+    pub fn load_with_env(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "file {} does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment.merge(env.map(|key| key.as_str().to_ascii_lowercase().into()));
+        let config: Config = figment.extract().map_err(|e| ConfigError(one_line(&e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document (no environment): for tests and `pushgate config check`.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = Figment::new()
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError(one_line(&e)))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Semantic checks that serde cannot express. Each names the key it refuses.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        if g.listen.is_empty() && g.plain_listen.is_empty() {
+            return Err(ConfigError::key(
+                "gateway.listen",
+                "is empty and so is gateway.plain_listen: the gateway would listen nowhere",
+            ));
+        }
+        if !g.listen.is_empty() {
+            check_socket_addr("gateway.listen", &g.listen)?;
+        }
+        if !g.plain_listen.is_empty() {
+            check_socket_addr("gateway.plain_listen", &g.plain_listen)?;
+        }
+        check_socket_addr("gateway.metrics_listen", &g.metrics_listen)?;
+        check_upstream_url("gateway.upstream", &g.upstream)?;
+        if g.max_body_bytes == 0 || g.max_body_bytes > MAX_BODY_BYTES_CEILING {
+            return Err(ConfigError::key(
+                "gateway.max_body_bytes",
+                format!("must be between 1 and {MAX_BODY_BYTES_CEILING}"),
+            ));
+        }
+        if g.paths.is_empty() {
+            return Err(ConfigError::key("gateway.paths", "needs at least one path"));
+        }
+        for path in &g.paths {
+            if !is_plain_path(path) {
+                return Err(ConfigError::key(
+                    "gateway.paths",
+                    format!("{path:?} must start with `/` and hold no query, percent-encoding or dot segment"),
+                ));
+            }
+        }
+        check_cidrs("gateway.trusted_proxies", &g.trusted_proxies)?;
+        check_cidrs("gateway.probe_ranges", &g.probe_ranges)?;
+        for (key, value) in [
+            ("gateway.upstream_timeout", g.upstream_timeout),
+            (
+                "gateway.upstream_connect_timeout",
+                g.upstream_connect_timeout,
+            ),
+            ("gateway.header_timeout", g.header_timeout),
+            ("gateway.body_timeout", g.body_timeout),
+            ("gateway.handshake_timeout", g.handshake_timeout),
+            ("gateway.tls_reload_interval", g.tls_reload_interval),
+            ("gateway.ranges_reload_interval", g.ranges_reload_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::key(key, "must be longer than zero"));
+            }
+        }
+        if g.upstream_timeout >= Duration::from_secs(60) {
+            return Err(ConfigError::key(
+                "gateway.upstream_timeout",
+                "must stay below Exchange's 60 s, or Exchange gives up before the gateway answers",
+            ));
+        }
+        if g.max_connections == 0 {
+            return Err(ConfigError::key(
+                "gateway.max_connections",
+                "must be at least 1",
+            ));
+        }
+
+        let v = &self.validator;
+        for (key, value) in [
+            ("validator.max_depth", v.max_depth),
+            ("validator.max_name_bytes", v.max_name_bytes),
+            ("validator.max_attribute_bytes", v.max_attribute_bytes),
+            ("validator.max_attributes", v.max_attributes),
+            ("validator.max_text_bytes", v.max_text_bytes),
+            ("validator.max_events", v.max_events),
+            ("validator.max_response_messages", v.max_response_messages),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::key(key, "must be at least 1"));
+            }
+        }
+        if v.max_depth < 9 {
+            return Err(ConfigError::key(
+                "validator.max_depth",
+                "must be at least 9, the depth of every real notification",
+            ));
+        }
+
+        let r = &self.ranges;
+        if !["Worldwide", "USGovDoD", "USGovGCCHigh", "China"].contains(&r.instance.as_str()) {
+            return Err(ConfigError::key(
+                "ranges.instance",
+                "must be one of Worldwide, USGovDoD, USGovGCCHigh, China",
+            ));
+        }
+        if !(r.base_url.starts_with("https://") || r.base_url.starts_with("http://")) {
+            return Err(ConfigError::key(
+                "ranges.base_url",
+                "must be an http(s) URL",
+            ));
+        }
+        check_cidrs("ranges.extra_ranges", &r.extra_ranges)?;
+        check_cidrs("ranges.exclude_ranges", &r.exclude_ranges)?;
+        if !(0.0..=100.0).contains(&r.max_shrink_percent) {
+            return Err(ConfigError::key(
+                "ranges.max_shrink_percent",
+                "must be between 0 and 100",
+            ));
+        }
+        if r.min_prefix_v4 > 32 {
+            return Err(ConfigError::key(
+                "ranges.min_prefix_v4",
+                "must be at most 32",
+            ));
+        }
+        if r.min_prefix_v6 > 128 {
+            return Err(ConfigError::key(
+                "ranges.min_prefix_v6",
+                "must be at most 128",
+            ));
+        }
+        if r.attempts == 0 {
+            return Err(ConfigError::key("ranges.attempts", "must be at least 1"));
+        }
+        if r.timeout.is_zero() {
+            return Err(ConfigError::key(
+                "ranges.timeout",
+                "must be longer than zero",
+            ));
+        }
+
+        let w = &self.worker;
+        check_socket_addr("worker.listen", &w.listen)?;
+        check_socket_addr("worker.metrics_listen", &w.metrics_listen)?;
+        if !(w.database_url.starts_with("sqlite://")
+            || w.database_url.starts_with("postgres://")
+            || w.database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::key(
+                "worker.database_url",
+                "must start with sqlite:// or postgres://",
+            ));
+        }
+        if w.group_commit_max == 0 {
+            return Err(ConfigError::key(
+                "worker.group_commit_max",
+                "must be at least 1",
+            ));
+        }
+
+        if !["json", "text"].contains(&self.log.format.as_str()) {
+            return Err(ConfigError::key("log.format", "must be json or text"));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(ConfigError::key(
+                "log.level",
+                "is not a valid level or filter",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn one_line(error: &figment::Error) -> String {
+    // figment words its errors as "<problem> for key \"default.gateway.listen\" in <source>"; keep
+    // it on one line and drop figment's profile prefix, which means nothing to an operator.
+    error.to_string().replace("default.", "").replace('\n', " ")
+}
+
+fn check_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse::<SocketAddr>()
+        .map_err(|_| ConfigError::key(key, format!("{value:?} is not an address:port")))
+}
+
+fn check_upstream_url(key: &str, value: &str) -> Result<(), ConfigError> {
+    parse_upstream(value)
+        .map(|_| ())
+        .map_err(|e| ConfigError::key(key, e))
+}
+
+/// A path fit for `[gateway] paths`: absolute, no query or fragment, no percent-encoding, no dot
+/// segments, no backslash, nothing outside visible ASCII. Requests are matched against these on
+/// the raw request target, so a configured path must be one a request could spell literally.
+pub fn is_plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() > 1
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'%' | b'?' | b'#' | b'\\'))
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
+}
+
+/// The upstream the gateway forwards to, from `[gateway] upstream` (`http://host:port`, where host
+/// is an IP address: the gateway never resolves names on the request path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr {
+    pub addr: SocketAddr,
+}
+
+/// Parses `http://IP:PORT` (an optional trailing `/` is allowed; nothing else after the port).
+pub fn parse_upstream(value: &str) -> Result<UpstreamAddr, String> {
+    let rest = value.strip_prefix("http://").ok_or_else(|| {
+        format!("{value:?} must start with http:// (the worker link is plain HTTP on the intranet)")
+    })?;
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let addr = rest
+        .parse::<SocketAddr>()
+        .map_err(|_| format!("{value:?} must be http://IP:PORT, e.g. http://127.0.0.1:8080"))?;
+    Ok(UpstreamAddr { addr })
+}
+
+/// Parses a list of CIDRs or single addresses (a bare address is its own /32 or /128).
+pub fn parse_cidrs(values: &[String]) -> Result<Vec<IpNet>, String> {
+    values
+        .iter()
+        .map(|value| parse_cidr(value).ok_or_else(|| format!("{value:?} is not a CIDR or address")))
+        .collect()
+}
+
+/// One CIDR or bare address.
+pub fn parse_cidr(value: &str) -> Option<IpNet> {
+    let value = value.trim();
+    value
+        .parse::<IpNet>()
+        .ok()
+        .or_else(|| value.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn check_cidrs(key: &str, values: &[String]) -> Result<(), ConfigError> {
+    parse_cidrs(values)
+        .map(|_| ())
+        .map_err(|e| ConfigError::key(key, e))
+}
+
+/// Reads a bearer token file: one line, surrounding whitespace ignored, never empty.
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("token file {}: {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ConfigError(format!(
+            "token file {} is empty",
+            path.display()
+        )));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError(format!(
+            "token file {} must hold one line of printable ASCII",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default()
+            .check()
+            .expect("defaults pass their own checks");
+    }
+
+    #[test]
+    fn example_file_parses_and_matches_defaults() {
+        let text = include_str!("../config/pushgate.example.toml");
+        let config = Config::from_toml_str(text).expect("example config parses");
+        let defaults = Config::default();
+        assert_eq!(config.gateway.paths, defaults.gateway.paths);
+        assert_eq!(
+            config.gateway.max_body_bytes,
+            defaults.gateway.max_body_bytes
+        );
+        assert_eq!(config.validator, defaults.validator);
+        assert_eq!(config.worker.database_url, defaults.worker.database_url);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[gateway]\nlisten_port = 1\n").unwrap_err();
+        assert!(err.to_string().contains("listen_port"), "{err}");
+    }
+
+    #[test]
+    fn body_limit_above_ceiling_is_refused() {
+        let err = Config::from_toml_str("[gateway]\nmax_body_bytes = 70000\n").unwrap_err();
+        assert!(err.to_string().contains("gateway.max_body_bytes"), "{err}");
+    }
+
+    #[test]
+    fn bad_type_names_the_key() {
+        let err = Config::from_toml_str("[gateway]\nmax_body_bytes = \"big\"\n").unwrap_err();
+        assert!(err.to_string().contains("gateway.max_body_bytes"), "{err}");
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn environment_overrides_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("p.toml", "[gateway]\nlisten = \"127.0.0.1:1000\"\n")?;
+            jail.set_env("PUSHGATE__GATEWAY__LISTEN", "127.0.0.1:2000");
+            jail.set_env(
+                "PUSHGATE__GATEWAY__TRUSTED_PROXIES",
+                "[\"10.0.0.1\", \"10.0.0.0/8\"]",
+            );
+            jail.set_env("PUSHGATE__WORKER__RETENTION_DAYS", "7");
+            let config = Config::load(Some(Path::new("p.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.gateway.listen, "127.0.0.1:2000");
+            assert_eq!(config.gateway.trusted_proxies.len(), 2);
+            assert_eq!(config.worker.retention_days, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_environment_value_names_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PUSHGATE__GATEWAY__LISTEN", "not-an-address");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("gateway.listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn plain_paths() {
+        assert!(is_plain_path("/Webservices/SyncNotification.svc"));
+        assert!(is_plain_path("/api/webhooks/exchange"));
+        for bad in [
+            "", "/", "api", "/a/../b", "/a/./b", "/a%2Fb", "/a?b", "/a\\b", "/a b",
+        ] {
+            assert!(!is_plain_path(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upstream_urls() {
+        assert_eq!(
+            parse_upstream("http://127.0.0.1:8080").map(|u| u.addr.port()),
+            Ok(8080)
+        );
+        assert!(parse_upstream("http://[::1]:8080/").is_ok());
+        assert!(parse_upstream("https://127.0.0.1:8080").is_err());
+        assert!(parse_upstream("http://worker:8080").is_err());
+        assert!(parse_upstream("http://127.0.0.1:8080/path").is_err());
+    }
+
+    #[test]
+    fn bare_address_is_a_host_cidr() {
+        assert_eq!(parse_cidr("10.1.2.3").map(|n| n.prefix_len()), Some(32));
+        assert_eq!(
+            parse_cidr("2603:1026::/36").map(|n| n.prefix_len()),
+            Some(36)
+        );
+        assert!(parse_cidr("10.1.2.3/33").is_none());
+    }
+}

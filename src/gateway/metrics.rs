@@ -1,0 +1,146 @@
+//! The gateway's Prometheus metrics (served by [`crate::metrics::serve_metrics`] on
+//! `[gateway] metrics_listen`, apart from the public listener).
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry,
+};
+
+/// Every metric the gateway itself owns (the allowlist registers its own into the same registry).
+#[derive(Clone)]
+pub struct GatewayMetrics {
+    pub registry: Registry,
+    /// `outcome`: forwarded, rejected, served, upstream_error, aborted; `reason`: why.
+    pub requests: IntCounterVec,
+    /// Connections closed before TLS, by reason (source_not_allowed, proxy_protocol).
+    pub connections_rejected: IntCounterVec,
+    pub connections_accepted: IntCounter,
+    pub connections_active: IntGauge,
+    /// TLS handshakes that failed or timed out, by reason.
+    pub tls_handshake_failures: IntCounterVec,
+    /// Whole request, from the request head to the last byte of the answer, by outcome.
+    pub request_duration: HistogramVec,
+    /// From choosing the upstream to the end of its answer.
+    pub upstream_duration: Histogram,
+    /// Bodies read from clients (forwarded or refused after reading).
+    pub body_bytes: Histogram,
+    /// Certificate reloads, by result (reloaded, refused).
+    pub tls_reloads: IntCounterVec,
+    pub tls_certificate_loaded_timestamp: IntGauge,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ]
+}
+
+impl GatewayMetrics {
+    pub fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "pushgate_gateway_requests_total",
+                "Requests by outcome (forwarded, rejected, served, upstream_error, aborted) and reason.",
+            ),
+            &["outcome", "reason"],
+        )?;
+        let connections_rejected = IntCounterVec::new(
+            Opts::new(
+                "pushgate_gateway_connections_rejected_total",
+                "Connections closed before the TLS handshake, by reason.",
+            ),
+            &["reason"],
+        )?;
+        let connections_accepted = IntCounter::new(
+            "pushgate_gateway_connections_accepted_total",
+            "Connections admitted by the source filter.",
+        )?;
+        let connections_active = IntGauge::new(
+            "pushgate_gateway_connections_active",
+            "Connections being served now.",
+        )?;
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "pushgate_gateway_tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason (error, timeout).",
+            ),
+            &["reason"],
+        )?;
+        let request_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pushgate_gateway_request_duration_seconds",
+                "Time from the complete request head to the end of the answer, by outcome.",
+            )
+            .buckets(latency_buckets()),
+            &["outcome"],
+        )?;
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "pushgate_gateway_upstream_duration_seconds",
+                "Time the worker took to answer a forwarded notification.",
+            )
+            .buckets(latency_buckets()),
+        )?;
+        let body_bytes = Histogram::with_opts(
+            HistogramOpts::new(
+                "pushgate_gateway_request_body_bytes",
+                "Size of request bodies read.",
+            )
+            .buckets(vec![
+                256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0, 65536.0,
+            ]),
+        )?;
+        let tls_reloads = IntCounterVec::new(
+            Opts::new(
+                "pushgate_gateway_tls_reloads_total",
+                "Certificate file changes seen, by result (reloaded, refused).",
+            ),
+            &["result"],
+        )?;
+        let tls_certificate_loaded_timestamp = IntGauge::new(
+            "pushgate_gateway_tls_certificate_loaded_timestamp_seconds",
+            "When the certificate in use was loaded (Unix time).",
+        )?;
+        let build_info = crate::metrics::build_info("gateway")?;
+
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(connections_rejected.clone()))?;
+        registry.register(Box::new(connections_accepted.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(tls_handshake_failures.clone()))?;
+        registry.register(Box::new(request_duration.clone()))?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        registry.register(Box::new(body_bytes.clone()))?;
+        registry.register(Box::new(tls_reloads.clone()))?;
+        registry.register(Box::new(tls_certificate_loaded_timestamp.clone()))?;
+        registry.register(Box::new(build_info))?;
+        Ok(Self {
+            registry,
+            requests,
+            connections_rejected,
+            connections_accepted,
+            connections_active,
+            tls_handshake_failures,
+            request_duration,
+            upstream_duration,
+            body_bytes,
+            tls_reloads,
+            tls_certificate_loaded_timestamp,
+        })
+    }
+
+    /// Counts one finished request and its duration.
+    pub fn count_request(&self, outcome: &str, reason: &str, seconds: f64) {
+        self.requests.with_label_values(&[outcome, reason]).inc();
+        self.request_duration
+            .with_label_values(&[outcome])
+            .observe(seconds);
+    }
+
+    /// The text exposition of every registered metric.
+    pub fn render(&self) -> Vec<u8> {
+        crate::metrics::render_registry(&self.registry)
+    }
+}
+

@@ -1,0 +1,369 @@
+//! The gateway in the DMZ: TLS termination, the source allowlist before TLS, the request rules,
+//! the schema check of every body before any upstream is chosen, forwarding to the worker, and the
+//! gateway's metrics, access log and health check. Uses `notification` and `allowlist`, never
+//! `store` or `worker`.
+
+pub mod access_log;
+pub mod client;
+pub mod listener;
+pub mod metrics;
+pub mod proxy;
+pub mod proxy_protocol;
+pub mod reject;
+pub mod rules;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
+
+use crate::allowlist::{Allowlist, AllowlistMetrics};
+use crate::config::{parse_cidrs, parse_upstream, read_token_file, Config};
+use crate::notification::Limits;
+use client::NetList;
+use metrics::GatewayMetrics;
+use proxy::GatewayProxy;
+use rules::RulePolicy;
+use tls::{CertCheck, CertWatcher, ReloadingCertResolver};
+
+/// State every connection of the gateway reads; built once from the configuration.
+pub struct Shared {
+    pub(crate) allowlist: Allowlist,
+    pub(crate) trusted: NetList,
+    pub(crate) probes: NetList,
+    pub(crate) proxy_protocol: bool,
+    pub(crate) rules: RulePolicy,
+    pub(crate) limits: Limits,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) header_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+    pub(crate) metrics: GatewayMetrics,
+    pub(crate) access_log: access_log::AccessLog,
+    pub(crate) connection_log: RateLimitedLog,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Whether the allowlist loaded now admits `ip`.
+    pub fn admits(&self, ip: IpAddr) -> bool {
+        self.allowlist.current().set.contains(client::canonical(ip))
+    }
+
+    /// Healthy while a non-empty list is loaded (a reload never swaps in an empty one).
+    pub fn healthy(&self) -> bool {
+        !self.allowlist.current().set.is_empty()
+    }
+}
+
+/// Connection-level refusals can come by the thousand from scanners; they are always counted,
+/// but logged at most a few times a second, with the number left out.
+pub struct RateLimitedLog {
+    window: AtomicU64,
+    in_window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl RateLimitedLog {
+    const PER_SECOND: u64 = 5;
+
+    pub fn new() -> Self {
+        Self {
+            window: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    pub fn note(&self, reason: &str, peer: SocketAddr) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        if self.window.swap(now, Ordering::Relaxed) != now {
+            self.in_window.store(0, Ordering::Relaxed);
+        }
+        if self.in_window.fetch_add(1, Ordering::Relaxed) < Self::PER_SECOND {
+            let suppressed = self.suppressed.swap(0, Ordering::Relaxed);
+            tracing::info!(%peer, reason, suppressed_before = suppressed, "connection refused");
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Default for RateLimitedLog {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running gateway: its bound addresses and the means to stop it.
+pub struct GatewayHandle {
+    /// The TLS listener, when configured.
+    pub tls_addr: Option<SocketAddr>,
+    /// The plain-HTTP listener, when configured.
+    pub plain_addr: Option<SocketAddr>,
+    pub metrics_addr: SocketAddr,
+    pub allowlist: Allowlist,
+    pub metrics: GatewayMetrics,
+    shutdown: watch::Sender<bool>,
+    accept_tasks: Vec<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+    connections: Arc<Semaphore>,
+    max_connections: usize,
+    grace: Duration,
+}
+
+impl GatewayHandle {
+    /// Stops accepting, lets connections in flight finish (up to the grace period), stops the
+    /// watchers and the metrics listener.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.accept_tasks {
+            let _ = task.await;
+        }
+        let permits = u32::try_from(self.max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(self.grace, self.connections.acquire_many(permits)).await {
+            Ok(_) => {}
+            Err(_) => tracing::warn!("connections still open after the grace period; closing"),
+        }
+        for task in self.background {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} listener on {addr}"))
+}
+
+/// Starts every part of the gateway on the current tokio runtime. Addresses may use port 0.
+pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
+    let g = &config.gateway;
+    let upstream = parse_upstream(&g.upstream).map_err(anyhow::Error::msg)?;
+    let token = read_token_file(&g.upstream_token_file)?;
+    let metrics = GatewayMetrics::new().context("registering gateway metrics")?;
+    let allowlist_metrics =
+        AllowlistMetrics::register(&metrics.registry).context("registering allowlist metrics")?;
+    let allowlist = Allowlist::load(&g.ranges_file, allowlist_metrics)
+        .context("loading the ranges file")?;
+    let access_log = access_log::AccessLog::open(&g.access_log)
+        .with_context(|| format!("opening the access log {}", g.access_log))?;
+
+    let shared = Arc::new(Shared {
+        allowlist: allowlist.clone(),
+        trusted: NetList::new(parse_cidrs(&g.trusted_proxies).map_err(anyhow::Error::msg)?),
+        probes: NetList::new(parse_cidrs(&g.probe_ranges).map_err(anyhow::Error::msg)?),
+        proxy_protocol: g.proxy_protocol,
+        rules: RulePolicy {
+            paths: g.paths.clone(),
+            max_body_bytes: g.max_body_bytes as u64,
+        },
+        limits: Limits::from(&config.validator),
+        max_body_bytes: g.max_body_bytes,
+        handshake_timeout: g.handshake_timeout,
+        header_timeout: g.header_timeout,
+        body_timeout: g.body_timeout,
+        metrics: metrics.clone(),
+        access_log,
+        connection_log: RateLimitedLog::new(),
+    });
+
+    let proxy_logic = GatewayProxy {
+        shared: shared.clone(),
+        upstream: upstream.addr,
+        authorization: format!("Bearer {token}"),
+        upstream_timeout: g.upstream_timeout,
+        upstream_connect_timeout: g.upstream_connect_timeout,
+    };
+    let server_conf = Arc::new(ServerConf::default());
+    let proxy = Arc::new(pingora_proxy::http_proxy(&server_conf, proxy_logic));
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(g.max_connections));
+    let mut accept_tasks = Vec::new();
+    let mut background = Vec::new();
+
+    let mut tls_addr = None;
+    if !g.listen.is_empty() {
+        let key = tls::load_certified_key(&g.tls_cert, &g.tls_key)
+            .context("loading the TLS certificate")?;
+        let resolver = Arc::new(ReloadingCertResolver::new(key));
+        metrics
+            .tls_certificate_loaded_timestamp
+            .set(unix_now());
+        let server_config = tls::server_config(resolver.clone())?;
+        let acceptor = Arc::new(Acceptor::from_server_config(server_config));
+        let listener = bind(&g.listen, "TLS").await?;
+        tls_addr = Some(listener.local_addr()?);
+        accept_tasks.push(tokio::spawn(listener::accept_loop(
+            listener::ListenerSpec {
+                listener,
+                tls: Some(acceptor),
+            },
+            shared.clone(),
+            proxy.clone(),
+            connections.clone(),
+            shutdown_rx.clone(),
+        )));
+        background.push(spawn_cert_watcher(
+            CertWatcher::new(resolver, g.tls_cert.clone(), g.tls_key.clone()),
+            g.tls_reload_interval,
+            metrics.clone(),
+        ));
+    }
+    let mut plain_addr = None;
+    if !g.plain_listen.is_empty() {
+        let listener = bind(&g.plain_listen, "plain HTTP").await?;
+        plain_addr = Some(listener.local_addr()?);
+        accept_tasks.push(tokio::spawn(listener::accept_loop(
+            listener::ListenerSpec {
+                listener,
+                tls: None,
+            },
+            shared.clone(),
+            proxy.clone(),
+            connections.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let (metrics_listener, metrics_addr) = crate::metrics::bind(&g.metrics_listen)
+        .await
+        .with_context(|| format!("binding the metrics listener on {}", g.metrics_listen))?;
+    let health_shared = shared.clone();
+    let mut metrics_shutdown = shutdown_rx.clone();
+    background.push(tokio::spawn(async move {
+        let served = crate::metrics::serve_metrics(
+            metrics_listener,
+            metrics.registry.clone(),
+            Arc::new(move || health_shared.healthy()),
+            async move {
+                let _ = metrics_shutdown.changed().await;
+            },
+        )
+        .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "metrics listener failed");
+        }
+    }));
+    let mut reload_shutdown = shutdown_rx.clone();
+    background.push(crate::allowlist::spawn_reloader(
+        allowlist.clone(),
+        g.ranges_reload_interval,
+        async move {
+            let _ = reload_shutdown.changed().await;
+        },
+    ));
+
+    tracing::info!(
+        tls = ?tls_addr,
+        plain = ?plain_addr,
+        metrics = %metrics_addr,
+        upstream = %upstream.addr,
+        allowlist_entries = allowlist.current().set.len(),
+        allowlist_version = allowlist.current().version().unwrap_or("unknown"),
+        "gateway started"
+    );
+    Ok(GatewayHandle {
+        tls_addr,
+        plain_addr,
+        metrics_addr,
+        allowlist,
+        metrics: shared.metrics.clone(),
+        shutdown: shutdown_tx,
+        accept_tasks,
+        background,
+        connections,
+        max_connections: g.max_connections,
+        grace: g.shutdown_grace,
+    })
+}
+
+fn spawn_cert_watcher(
+    mut watcher: CertWatcher,
+    interval: Duration,
+    metrics: GatewayMetrics,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            // Reading files blocks; keep it off the runtime's worker threads.
+            let checked = tokio::task::spawn_blocking(move || {
+                let outcome = watcher.check();
+                (watcher, outcome)
+            })
+            .await;
+            let outcome = match checked {
+                Ok((returned, outcome)) => {
+                    watcher = returned;
+                    outcome
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "certificate watcher stopped");
+                    return;
+                }
+            };
+            match outcome {
+                CertCheck::Unchanged => {}
+                CertCheck::Reloaded => {
+                    metrics.tls_reloads.with_label_values(&["reloaded"]).inc();
+                    metrics.tls_certificate_loaded_timestamp.set(unix_now());
+                    tracing::info!("TLS certificate reloaded");
+                }
+                CertCheck::Refused(e) => {
+                    metrics.tls_reloads.with_label_values(&["refused"]).inc();
+                    tracing::error!(error = %e, "new TLS certificate refused; the previous one stays in use");
+                }
+            }
+        }
+    })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// `pushgate gateway`: runs until SIGINT or SIGTERM, then shuts down gracefully.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let threads = if config.gateway.threads == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        config.gateway.threads
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name("pushgate-gateway")
+        .build()
+        .context("building the runtime")?;
+    runtime.block_on(async {
+        let handle = start(&config).await?;
+        crate::telemetry::wait_for_shutdown_signal().await;
+        tracing::info!("shutting down");
+        handle.shutdown().await;
+        Ok(())
+    })
+}

@@ -1,0 +1,19 @@
+//! pushgate: a hardened edge gateway that admits Exchange push notifications into a company
+//! network, and the worker behind it that stores them durably and keeps reservations in step.
+//!
+//! Module map (arrows point one way: `gateway` never uses `store` or `worker`):
+//! `notification` (pure EWS message rules), `allowlist` (CIDR set and its hot reload), `ranges`
+//! (the Microsoft feed updater), `gateway` (pingora edge), `worker` (durable ingest), `config`,
+//! `cli`, `metrics`, `telemetry`, `demo`.
+
+pub mod allowlist;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod exchange_sim;
+pub mod gateway;
+pub mod metrics;
+pub mod notification;
+pub mod ranges;
+pub mod telemetry;
+pub mod worker;

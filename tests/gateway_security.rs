@@ -1,0 +1,409 @@
+//! Hostile inputs against the real gateway on loopback: entity bombs, deep nesting, huge and slow
+//! bodies, slowloris heads, request smuggling shapes, forged forwarding headers, denied sources,
+//! PROXY protocol. Every refusal also proves the upstream never saw the request.
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+use pushgate::exchange_sim::client::{self, notification_request, Target, SEND_NOTIFICATION_ACTION};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn post_head(length: usize) -> String {
+    format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: {SEND_NOTIFICATION_ACTION}\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
+async fn refused_body(h: &Harness, body: &[u8], what: &str) -> u16 {
+    let response = h
+        .send(ALLOWED, &notification_request(LEGACY_PATH, "localhost", body))
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    h.upstream.assert_untouched(what);
+    response.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billion_laughs_is_refused_without_expansion() {
+    let h = Harness::start().await;
+    let bomb = br#"<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+ <!ENTITY lol2 "&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;&lol1;">
+ <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">
+ <!ENTITY lol9 "&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;&lol3;">
+]>
+<soap11:Envelope xmlns:soap11="http://schemas.xmlsoap.org/soap/envelope/"><soap11:Body>&lol9;</soap11:Body></soap11:Envelope>"#;
+    let started = Instant::now();
+    assert_eq!(refused_body(&h, bomb, "billion laughs").await, 400);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_entity_is_refused() {
+    let h = Harness::start().await;
+    let xxe = br#"<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]><soap11:Envelope xmlns:soap11="http://schemas.xmlsoap.org/soap/envelope/"><soap11:Body>&x;</soap11:Body></soap11:Envelope>"#;
+    assert_eq!(refused_body(&h, xxe, "external entity").await, 400);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_deep_nesting_is_refused() {
+    let h = Harness::start().await;
+    let mut deep = b"<?xml version=\"1.0\"?>".to_vec();
+    for _ in 0..10_000 {
+        deep.extend_from_slice(b"<a>");
+    }
+    assert!(deep.len() < 65_536);
+    assert_eq!(refused_body(&h, &deep, "deep nesting").await, 400);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabyte_bodies_are_refused_declared_or_chunked() {
+    let h = Harness::start().await;
+    // Declared: refused from the head, before any body byte is read.
+    let declared = post_head(10 * 1024 * 1024);
+    let response = h.send(ALLOWED, declared.as_bytes()).await.unwrap();
+    assert_eq!(response.status, 413);
+
+    // Chunked: refused while reading, once the limit is passed. The client keeps sending in the
+    // background as a real one would; the answer arrives anyway.
+    let head = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\n\
+         SOAPAction: {SEND_NOTIFICATION_ACTION}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    let stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b'<'; 64 * 1024];
+        for _ in 0..160 {
+            writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+            writer.write_all(&chunk).await?;
+            writer.write_all(b"\r\n").await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await?;
+        std::io::Result::Ok(())
+    });
+    let response = tokio::time::timeout(TIMEOUT, client::read_response(&mut reader))
+        .await
+        .expect("answer in time")
+        .expect("answer");
+    assert_eq!(response.status, 413);
+    sender.abort();
+    h.upstream.assert_untouched("10 MB bodies");
+    assert_eq!(
+        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="body_too_large"}"#).await,
+        2.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_head_is_cut_off() {
+    let h = Harness::with(Options {
+        header_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+    let head = post_head(100);
+    let started = Instant::now();
+    let mut closed_after = None;
+    // One byte every 100 ms would take 10+ s for this head; the gateway must hang up at ~1 s.
+    for byte in head.as_bytes() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if started.elapsed() > Duration::from_secs(8) {
+            break;
+        }
+    }
+    if closed_after.is_none() {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "connection must be closed");
+        closed_after = Some(started.elapsed());
+    }
+    let closed_after = closed_after.unwrap();
+    assert!(closed_after < Duration::from_secs(4), "cut off after {closed_after:?}");
+    // The header timeout fires inside the gateway at about 1 s, whatever the client notices later.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="header_timeout"}"#).await,
+        1.0
+    );
+    h.upstream.assert_untouched("slowloris");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_body_gets_408() {
+    let h = Harness::with(Options {
+        body_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    let body = fixture("exo-capture.xml");
+    let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+    stream.write_all(post_head(body.len()).as_bytes()).await.unwrap();
+    stream.write_all(&body[..100]).await.unwrap();
+    // ...and the rest never comes.
+    let response = tokio::time::timeout(TIMEOUT, client::read_response(&mut stream))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status, 408);
+    h.upstream.assert_untouched("slow body");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_smuggling_shapes_are_refused() {
+    let body = fixture("status-event.xml");
+    let te_cl = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Content-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nX"
+    );
+    let cl_cl = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Content-Length: {0}\r\nContent-Length: {0}\r\n\r\n",
+        body.len()
+    );
+    let cl_list = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Content-Length: {0}, {0}\r\n\r\n",
+        body.len()
+    );
+    let te_obfuscated = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Transfer-Encoding: xchunked\r\n\r\n"
+    );
+    let te_space_before_colon = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Transfer-Encoding : chunked\r\n\r\n"
+    );
+    let te_folded = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Transfer-Encoding: identity\r\n chunked\r\n\r\n"
+    );
+    let te_http10 = format!(
+        "POST {LEGACY_PATH} HTTP/1.0\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    );
+    let te_gzip_chunked = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"
+    );
+    let cl_plus = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml\r\nSOAPAction: {SEND_NOTIFICATION_ACTION}\r\n\
+         Content-Length: +{}\r\n\r\n",
+        body.len()
+    );
+    let bare_lf = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\nHost: localhost\nContent-Type: text/xml\nSOAPAction: {SEND_NOTIFICATION_ACTION}\n\
+         Content-Length: 0\nTransfer-Encoding: chunked\n\n"
+    );
+    for (what, bytes) in [
+        ("CL.TE", te_cl),
+        ("CL.CL", cl_cl),
+        ("CL list", cl_list),
+        ("TE obfuscated", te_obfuscated),
+        ("TE space before colon", te_space_before_colon),
+        ("TE folded", te_folded),
+        ("TE on HTTP/1.0", te_http10),
+        ("TE gzip, chunked", te_gzip_chunked),
+        ("CL with sign", cl_plus),
+        ("bare LF with CL and TE", bare_lf),
+    ] {
+        let h = Harness::start().await;
+        let response = h.send(ALLOWED, bytes.as_bytes()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(response.status, 400, "{what}");
+        assert!(response.header("server").is_none(), "{what}: banner");
+        h.upstream.assert_untouched(what);
+        h.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_smuggled_after_the_body_never_reaches_upstream() {
+    let h = Harness::start().await;
+    let body = fixture("status-event.xml");
+    let mut bytes = notification_request(LEGACY_PATH, "localhost", &body);
+    bytes.extend_from_slice(
+        b"POST /api/webhooks/exchange HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let response = h.send(ALLOWED, &bytes).await.unwrap();
+    assert_eq!(response.status, 200);
+    let seen = h.upstream.requests();
+    assert_eq!(seen.len(), 1, "only the first request is forwarded");
+    assert_eq!(seen[0].body, body);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_garbage_heads() {
+    let h = Harness::start().await;
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    assert_eq!(h.send(ALLOWED, big.as_bytes()).await.unwrap().status, 431);
+    let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let many = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{many}\r\n");
+    assert_eq!(h.send(ALLOWED, many.as_bytes()).await.unwrap().status, 431);
+    assert_eq!(h.send(ALLOWED, b"\x00\x01\x02garbage\r\n\r\n").await.unwrap().status, 400);
+    assert_eq!(h.send(ALLOWED, b"GET /healthz HTTP/2.0\r\n\r\n").await.unwrap().status, 505);
+    h.upstream.assert_untouched("garbage heads");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_source_is_closed_before_tls() {
+    let h = Harness::start().await;
+    let body = fixture("exo-capture.xml");
+    let result = h.send(DENIED, &notification_request(LEGACY_PATH, "localhost", &body)).await;
+    assert!(result.is_err(), "no TLS session for an unlisted source: {result:?}");
+    // Also with a forged X-Forwarded-For naming a Microsoft address.
+    let mut forged = notification_request(LEGACY_PATH, "localhost", &body);
+    forged.splice(0..0, Vec::new());
+    let forged = String::from_utf8(forged).unwrap().replacen("\r\n", "\r\nX-Forwarded-For: 40.92.0.1\r\n", 1);
+    assert!(h.send(DENIED, forged.as_bytes()).await.is_err());
+    assert_eq!(
+        h.metric(r#"pushgate_gateway_connections_rejected_total{reason="source_not_allowed"}"#).await,
+        2.0
+    );
+    h.upstream.assert_untouched("denied source");
+    h.stop().await;
+}
+
+fn with_forwarded_for(request: Vec<u8>, value: &str) -> Vec<u8> {
+    String::from_utf8(request)
+        .unwrap()
+        .replacen("\r\n", &format!("\r\nX-Forwarded-For: {value}\r\n"), 1)
+        .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_for_from_untrusted_peers_is_never_believed() {
+    let body = fixture("exo-capture.xml");
+    // A probe network claiming to forward for Microsoft still may not post.
+    let h = Harness::start().await;
+    let forged = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), "40.92.0.1");
+    assert_eq!(h.send(PROBE, &forged).await.unwrap().status, 403);
+    h.upstream.assert_untouched("forged XFF from probe");
+    // An allowed peer's own claim is replaced by its real address.
+    let forged = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), "203.0.113.7");
+    assert_eq!(h.send(ALLOWED, &forged).await.unwrap().status, 200);
+    let seen = h.upstream.requests();
+    assert_eq!(seen[0].header("x-forwarded-for"), Some("127.0.0.2"));
+    assert_eq!(seen[0].header_count("x-forwarded-for"), 1);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_proxy_rightmost_untrusted_hop_decides() {
+    let body = fixture("exo-capture.xml");
+    let cases: [(&str, Option<&str>); 4] = [
+        ("40.92.0.1", Some("40.92.0.1")),
+        // Whatever a client prepends, the balancer's own append is what counts.
+        ("203.0.113.5, 40.92.0.1", Some("40.92.0.1")),
+        ("40.92.0.1, 203.0.113.5", None),
+        ("2603:1026:c02:3097::5", Some("2603:1026:c02:3097::5")),
+    ];
+    for (xff, admitted_as) in cases {
+        let h = Harness::start().await;
+        let request = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), xff);
+        let response = h.send(PROXY, &request).await.unwrap();
+        match admitted_as {
+            Some(client) => {
+                assert_eq!(response.status, 200, "{xff}");
+                assert_eq!(h.upstream.requests()[0].header("x-forwarded-for"), Some(client));
+            }
+            None => {
+                assert_eq!(response.status, 403, "{xff}");
+                h.upstream.assert_untouched(xff);
+            }
+        }
+        h.stop().await;
+    }
+    // A malformed chain from the balancer is refused.
+    let h = Harness::start().await;
+    let request = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), "not-an-address");
+    assert_eq!(h.send(PROXY, &request).await.unwrap().status, 400);
+    h.upstream.assert_untouched("malformed XFF");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_names_the_client_before_tls() {
+    let body = fixture("exo-capture.xml");
+    let h = Harness::with(Options {
+        proxy_protocol: true,
+        ..Options::default()
+    })
+    .await;
+    let request = notification_request(LEGACY_PATH, "localhost", &body);
+    // v1 naming a Microsoft address: admitted, and forwarded as that client.
+    let target = h
+        .target(PROXY)
+        .with_preamble(b"PROXY TCP4 40.92.0.1 127.0.0.1 51000 443\r\n");
+    let response = client::exchange(&target, &request, TIMEOUT).await.unwrap();
+    assert_eq!(response.status, 200);
+    assert_eq!(h.upstream.requests()[0].header("x-forwarded-for"), Some("40.92.0.1"));
+    // v2 naming an IPv6 Exchange front end.
+    let v2 = ppp::v2::Builder::with_addresses(
+        ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+        ppp::v2::Protocol::Stream,
+        (
+            "[2603:1026:c02:3097::5]:51000".parse::<std::net::SocketAddr>().unwrap(),
+            "[::1]:443".parse::<std::net::SocketAddr>().unwrap(),
+        ),
+    )
+    .build()
+    .unwrap();
+    let response = client::exchange(&h.target(PROXY).with_preamble(&v2), &request, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    // An unlisted client named by the balancer: closed before TLS.
+    let target = h
+        .target(PROXY)
+        .with_preamble(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 443\r\n");
+    assert!(client::exchange(&target, &request, TIMEOUT).await.is_err());
+    // No PROXY header from the balancer: closed.
+    assert!(client::exchange(&h.target(PROXY), &request, TIMEOUT).await.is_err());
+    assert_eq!(h.upstream.requests().len(), 2);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dual_stack_listener_matches_v4_mapped_peers() {
+    let h = Harness::with(Options {
+        listen: "[::]:0".into(),
+        ..Options::default()
+    })
+    .await;
+    let port = h.tls_addr().port();
+    let v4 = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), port);
+    let v6 = std::net::SocketAddr::new("::1".parse().unwrap(), port);
+    let health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let allowed = Target::tls(v4, &h.ca_pem, "localhost").unwrap().from(ALLOWED);
+    assert_eq!(client::exchange(&allowed, health, TIMEOUT).await.unwrap().status, 200);
+    let denied = Target::tls(v4, &h.ca_pem, "localhost").unwrap().from(DENIED);
+    assert!(client::exchange(&denied, health, TIMEOUT).await.is_err());
+    let six = Target::tls(v6, &h.ca_pem, "localhost")
+        .unwrap()
+        .from("::1".parse::<IpAddr>().unwrap());
+    assert_eq!(client::exchange(&six, health, TIMEOUT).await.unwrap().status, 200);
+    h.stop().await;
+}
