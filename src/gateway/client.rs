@@ -134,7 +134,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        let long = vec![b"1.1.1.1,"; 40].concat();
+        let long = "1.1.1.1,".repeat(40).into_bytes();
         assert_eq!(
             resolve_client(ip("10.0.0.2"), [&long[..]].into_iter(), &trusted),
             Err(Reject::BadForwardedFor)

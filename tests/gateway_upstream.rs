@@ -1,0 +1,82 @@
+//! The worker side of the gateway: 502 when the worker is unreachable or hangs up, 504 when it
+//! does not answer within `upstream_timeout` (both make Exchange retry), graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_worker_gives_502() {
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let h = Harness::with(Options {
+        upstream: Some(format!("http://{addr}")),
+        ..Options::default()
+    })
+    .await;
+    let response = h.post(&fixture("exo-capture.xml")).await;
+    assert_eq!(response.status, 502);
+    assert!(response.header("server").is_none());
+    assert_eq!(response.body, b"Bad Gateway\n");
+    assert_eq!(
+        h.metric(r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_unreachable"}"#)
+            .await,
+        1.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_hanging_up_gives_502() {
+    let h = Harness::start().await;
+    h.upstream.set_behaviour(Behaviour::Hangup);
+    let response = h.post(&fixture("exo-capture.xml")).await;
+    assert_eq!(response.status, 502);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_worker_gives_504_before_exchange_gives_up() {
+    let h = Harness::with(Options {
+        upstream_timeout: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    h.upstream.set_behaviour(Behaviour::Delay(Duration::from_secs(4)));
+    let started = std::time::Instant::now();
+    let response = h.post(&fixture("exo-capture.xml")).await;
+    assert_eq!(response.status, 504);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(
+        h.metric(r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_timeout"}"#)
+            .await,
+        1.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_the_request_in_flight_finish() {
+    let h = Harness::start().await;
+    h.upstream.set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
+    let target = h.target(ALLOWED);
+    let body = fixture("exo-capture.xml");
+    let in_flight = tokio::spawn(async move {
+        pushgate::exchange_sim::client::exchange(
+            &target,
+            &pushgate::exchange_sim::client::notification_request(LEGACY_PATH, "localhost", &body),
+            TIMEOUT,
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = h.tls_addr();
+    h.stop().await;
+    let response = in_flight.await.unwrap().unwrap();
+    assert_eq!(response.status, 200, "the request in flight got its answer");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}
