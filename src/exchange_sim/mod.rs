@@ -3,3 +3,4 @@
 //! schedule) and judges the answers the way Exchange does. Uses `notification`, nothing else.
 
 pub mod client;
+pub mod push;
