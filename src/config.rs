@@ -340,7 +340,10 @@ impl Config {
         check_cidrs("gateway.probe_ranges", &g.probe_ranges)?;
         for (key, value) in [
             ("gateway.upstream_timeout", g.upstream_timeout),
-            ("gateway.upstream_connect_timeout", g.upstream_connect_timeout),
+            (
+                "gateway.upstream_connect_timeout",
+                g.upstream_connect_timeout,
+            ),
             ("gateway.header_timeout", g.header_timeout),
             ("gateway.body_timeout", g.body_timeout),
             ("gateway.handshake_timeout", g.handshake_timeout),
@@ -358,7 +361,10 @@ impl Config {
             ));
         }
         if g.max_connections == 0 {
-            return Err(ConfigError::key("gateway.max_connections", "must be at least 1"));
+            return Err(ConfigError::key(
+                "gateway.max_connections",
+                "must be at least 1",
+            ));
         }
 
         let v = &self.validator;
@@ -390,24 +396,39 @@ impl Config {
             ));
         }
         if !(r.base_url.starts_with("https://") || r.base_url.starts_with("http://")) {
-            return Err(ConfigError::key("ranges.base_url", "must be an http(s) URL"));
+            return Err(ConfigError::key(
+                "ranges.base_url",
+                "must be an http(s) URL",
+            ));
         }
         check_cidrs("ranges.extra_ranges", &r.extra_ranges)?;
         check_cidrs("ranges.exclude_ranges", &r.exclude_ranges)?;
         if !(0.0..=100.0).contains(&r.max_shrink_percent) {
-            return Err(ConfigError::key("ranges.max_shrink_percent", "must be between 0 and 100"));
+            return Err(ConfigError::key(
+                "ranges.max_shrink_percent",
+                "must be between 0 and 100",
+            ));
         }
         if r.min_prefix_v4 > 32 {
-            return Err(ConfigError::key("ranges.min_prefix_v4", "must be at most 32"));
+            return Err(ConfigError::key(
+                "ranges.min_prefix_v4",
+                "must be at most 32",
+            ));
         }
         if r.min_prefix_v6 > 128 {
-            return Err(ConfigError::key("ranges.min_prefix_v6", "must be at most 128"));
+            return Err(ConfigError::key(
+                "ranges.min_prefix_v6",
+                "must be at most 128",
+            ));
         }
         if r.attempts == 0 {
             return Err(ConfigError::key("ranges.attempts", "must be at least 1"));
         }
         if r.timeout.is_zero() {
-            return Err(ConfigError::key("ranges.timeout", "must be longer than zero"));
+            return Err(ConfigError::key(
+                "ranges.timeout",
+                "must be longer than zero",
+            ));
         }
 
         let w = &self.worker;
@@ -423,27 +444,29 @@ impl Config {
             ));
         }
         if w.group_commit_max == 0 {
-            return Err(ConfigError::key("worker.group_commit_max", "must be at least 1"));
+            return Err(ConfigError::key(
+                "worker.group_commit_max",
+                "must be at least 1",
+            ));
         }
 
         if !["json", "text"].contains(&self.log.format.as_str()) {
             return Err(ConfigError::key("log.format", "must be json or text"));
         }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
-            return Err(ConfigError::key("log.level", "is not a valid level or filter"));
+            return Err(ConfigError::key(
+                "log.level",
+                "is not a valid level or filter",
+            ));
         }
         Ok(())
     }
-
 }
 
 fn one_line(error: &figment::Error) -> String {
     // figment words its errors as "<problem> for key \"default.gateway.listen\" in <source>"; keep
     // it on one line and drop figment's profile prefix, which means nothing to an operator.
-    error
-        .to_string()
-        .replace("default.", "")
-        .replace('\n', " ")
+    error.to_string().replace("default.", "").replace('\n', " ")
 }
 
 fn check_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -481,9 +504,9 @@ pub struct UpstreamAddr {
 
 /// Parses `http://IP:PORT` (an optional trailing `/` is allowed; nothing else after the port).
 pub fn parse_upstream(value: &str) -> Result<UpstreamAddr, String> {
-    let rest = value
-        .strip_prefix("http://")
-        .ok_or_else(|| format!("{value:?} must start with http:// (the worker link is plain HTTP on the intranet)"))?;
+    let rest = value.strip_prefix("http://").ok_or_else(|| {
+        format!("{value:?} must start with http:// (the worker link is plain HTTP on the intranet)")
+    })?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let addr = rest
         .parse::<SocketAddr>()
@@ -509,7 +532,9 @@ pub fn parse_cidr(value: &str) -> Option<IpNet> {
 }
 
 fn check_cidrs(key: &str, values: &[String]) -> Result<(), ConfigError> {
-    parse_cidrs(values).map(|_| ()).map_err(|e| ConfigError::key(key, e))
+    parse_cidrs(values)
+        .map(|_| ())
+        .map_err(|e| ConfigError::key(key, e))
 }
 
 /// Reads a bearer token file: one line, surrounding whitespace ignored, never empty.
@@ -518,7 +543,10 @@ pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
         .map_err(|e| ConfigError(format!("token file {}: {e}", path.display())))?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(ConfigError(format!("token file {} is empty", path.display())));
+        return Err(ConfigError(format!(
+            "token file {} is empty",
+            path.display()
+        )));
     }
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ConfigError(format!(
@@ -535,7 +563,9 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        Config::default().check().expect("defaults pass their own checks");
+        Config::default()
+            .check()
+            .expect("defaults pass their own checks");
     }
 
     #[test]
@@ -551,7 +581,10 @@ mod tests {
         for (section, keys) in &default_table {
             let documented_keys = example[section].as_table().unwrap();
             for key in keys.as_table().unwrap().keys() {
-                assert!(documented_keys.contains_key(key), "{section}.{key} is not documented");
+                assert!(
+                    documented_keys.contains_key(key),
+                    "{section}.{key} is not documented"
+                );
             }
         }
     }
@@ -576,11 +609,15 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error type
     fn environment_overrides_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("p.toml", "[gateway]\nlisten = \"127.0.0.1:1000\"\n")?;
             jail.set_env("PUSHGATE__GATEWAY__LISTEN", "127.0.0.1:2000");
-            jail.set_env("PUSHGATE__GATEWAY__TRUSTED_PROXIES", "[\"10.0.0.1\", \"10.0.0.0/8\"]");
+            jail.set_env(
+                "PUSHGATE__GATEWAY__TRUSTED_PROXIES",
+                "[\"10.0.0.1\", \"10.0.0.0/8\"]",
+            );
             jail.set_env("PUSHGATE__WORKER__RETENTION_DAYS", "7");
             let config = Config::load(Some(Path::new("p.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.gateway.listen, "127.0.0.1:2000");
@@ -591,6 +628,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn bad_environment_value_names_key() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("PUSHGATE__GATEWAY__LISTEN", "not-an-address");
@@ -604,7 +642,9 @@ mod tests {
     fn plain_paths() {
         assert!(is_plain_path("/Webservices/SyncNotification.svc"));
         assert!(is_plain_path("/api/webhooks/exchange"));
-        for bad in ["", "/", "api", "/a/../b", "/a/./b", "/a%2Fb", "/a?b", "/a\\b", "/a b"] {
+        for bad in [
+            "", "/", "api", "/a/../b", "/a/./b", "/a%2Fb", "/a?b", "/a\\b", "/a b",
+        ] {
             assert!(!is_plain_path(bad), "{bad:?}");
         }
     }
@@ -624,7 +664,10 @@ mod tests {
     #[test]
     fn bare_address_is_a_host_cidr() {
         assert_eq!(parse_cidr("10.1.2.3").map(|n| n.prefix_len()), Some(32));
-        assert_eq!(parse_cidr("2603:1026::/36").map(|n| n.prefix_len()), Some(36));
+        assert_eq!(
+            parse_cidr("2603:1026::/36").map(|n| n.prefix_len()),
+            Some(36)
+        );
         assert!(parse_cidr("10.1.2.3/33").is_none());
     }
 }

@@ -9,10 +9,14 @@ use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
 /// `pushgate_build_info{version, part}` = 1, registered by each part.
 pub fn build_info(part: &str) -> prometheus::Result<IntGaugeVec> {
     let info = IntGaugeVec::new(
-        Opts::new("pushgate_build_info", "pushgate version running (always 1)."),
+        Opts::new(
+            "pushgate_build_info",
+            "pushgate version running (always 1).",
+        ),
         &["version", "part"],
     )?;
-    info.with_label_values(&[env!("CARGO_PKG_VERSION"), part]).set(1);
+    info.with_label_values(&[env!("CARGO_PKG_VERSION"), part])
+        .set(1);
     Ok(info)
 }
 
@@ -43,7 +47,10 @@ pub async fn serve_metrics(
                 let body = render_registry(&metrics_registry);
                 async move {
                     (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        [(
+                            header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
                         body,
                     )
                 }

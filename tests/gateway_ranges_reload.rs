@@ -21,7 +21,10 @@ fn write_atomically(path: &Path, text: &str) {
 async fn wait_for(h: &Harness, sample: &str, at_least: f64) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.metric(sample).await < at_least {
-        assert!(tokio::time::Instant::now() < deadline, "{sample} never reached {at_least}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} never reached {at_least}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -61,10 +64,14 @@ async fn fifty_swaps_under_load_fail_nothing() {
     }
 
     let health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    assert!(h.send(DENIED, health).await.is_err(), "127.0.0.3 starts out denied");
+    assert!(
+        h.send(DENIED, health).await.is_err(),
+        "127.0.0.3 starts out denied"
+    );
     let mut refused = 0.0;
     for round in 1..=50 {
-        let mut text = format!("# version: swap-{round}\n127.0.0.2/32\n40.92.0.0/15\n2603:1026::/36\n");
+        let mut text =
+            format!("# version: swap-{round}\n127.0.0.2/32\n40.92.0.0/15\n2603:1026::/36\n");
         for filler in 0..round {
             text.push_str(&format!("10.{round}.{filler}.0/24\n"));
         }
@@ -73,14 +80,25 @@ async fn fifty_swaps_under_load_fail_nothing() {
         }
         if round % 10 == 5 {
             // A broken list lands first; it must be refused while the good one stays in force.
-            write_atomically(h.ranges_path(), "# version: broken\n127.0.0.2/32\nnot-a-cidr\n");
+            write_atomically(
+                h.ranges_path(),
+                "# version: broken\n127.0.0.2/32\nnot-a-cidr\n",
+            );
             refused += 1.0;
             wait_for(&h, "pushgate_allowlist_reload_failures_total", refused).await;
         }
         write_atomically(h.ranges_path(), &text);
-        wait_for(&h, &format!(r#"pushgate_allowlist_version{{version="swap-{round}"}}"#), 1.0).await;
+        wait_for(
+            &h,
+            &format!(r#"pushgate_allowlist_version{{version="swap-{round}"}}"#),
+            1.0,
+        )
+        .await;
         if round == 25 {
-            let response = h.send(DENIED, health).await.expect("admitted once its range appears");
+            let response = h
+                .send(DENIED, health)
+                .await
+                .expect("admitted once its range appears");
             assert_eq!(response.status, 200);
         }
     }
@@ -92,14 +110,28 @@ async fn fifty_swaps_under_load_fail_nothing() {
         failures.extend(task.await.unwrap());
     }
     let sent = sent.load(Ordering::SeqCst);
-    assert!(failures.is_empty(), "{} of {sent} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    assert!(sent >= 50, "load was running during the swaps ({sent} requests)");
+    assert!(
+        failures.is_empty(),
+        "{} of {sent} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        sent >= 50,
+        "load was running during the swaps ({sent} requests)"
+    );
     assert_eq!(h.upstream.requests().len(), sent);
     assert!(h.metric("pushgate_allowlist_reloads_total").await >= 50.0);
     assert_eq!(h.metric("pushgate_allowlist_entries").await, 4.0 + 50.0);
     let target = h.target(DENIED);
     let request = notification_request(LEGACY_PATH, "localhost", &body);
-    assert_eq!(client::exchange(&target, &request, TIMEOUT).await.unwrap().status, 200);
+    assert_eq!(
+        client::exchange(&target, &request, TIMEOUT)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     if let Ok(h) = Arc::try_unwrap(h) {
         h.stop().await;
     }

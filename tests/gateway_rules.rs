@@ -49,8 +49,16 @@ fn replace(
 
 /// Sends `bytes` from an allowed source and asserts the status and that nothing reached upstream.
 async fn expect_refused(h: &Harness, bytes: &[u8], status: u16, what: &str) {
-    let response = h.send(ALLOWED, bytes).await.unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert_eq!(response.status, status, "{what}: body {:?}", String::from_utf8_lossy(&response.body));
+    let response = h
+        .send(ALLOWED, bytes)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert_eq!(
+        response.status,
+        status,
+        "{what}: body {:?}",
+        String::from_utf8_lossy(&response.body)
+    );
     assert!(response.header("server").is_none(), "{what}: server banner");
     assert!(response.body.len() < 64, "{what}: short fixed body");
     h.upstream.assert_untouched(what);
@@ -62,25 +70,47 @@ async fn exchange_notification_is_forwarded_and_answer_relayed() {
     let body = fixture("exo-capture.xml");
     let response = h.post(&body).await;
     assert_eq!(response.status, 200);
-    assert_eq!(response.body, ok_envelope(), "worker's answer relayed unchanged");
+    assert_eq!(
+        response.body,
+        ok_envelope(),
+        "worker's answer relayed unchanged"
+    );
     let seen = h.upstream.requests();
     assert_eq!(seen.len(), 1);
     let forwarded = &seen[0];
     assert_eq!(forwarded.method, "POST");
     assert_eq!(forwarded.target, LEGACY_PATH, "path and query unchanged");
     assert_eq!(forwarded.body, body, "body unchanged");
-    assert_eq!(forwarded.header("authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+    assert_eq!(
+        forwarded.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
     assert_eq!(forwarded.header("x-forwarded-for"), Some("127.0.0.2"));
-    assert_eq!(forwarded.header("content-length"), Some(body.len().to_string().as_str()));
-    assert_eq!(forwarded.header("soapaction"), Some(SEND_NOTIFICATION_ACTION));
-    assert!(forwarded.header("x-request-id").is_some_and(|id| id.len() == 32));
-    assert!(forwarded.header("accept-encoding").is_none(), "answer must never be compressed");
-    assert!(forwarded.header("connection").is_none(), "hop-by-hop dropped");
+    assert_eq!(
+        forwarded.header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
+    assert_eq!(
+        forwarded.header("soapaction"),
+        Some(SEND_NOTIFICATION_ACTION)
+    );
+    assert!(forwarded
+        .header("x-request-id")
+        .is_some_and(|id| id.len() == 32));
+    assert!(
+        forwarded.header("accept-encoding").is_none(),
+        "answer must never be compressed"
+    );
+    assert!(
+        forwarded.header("connection").is_none(),
+        "hop-by-hop dropped"
+    );
     let log = h.access_log();
     assert!(log.contains("\"outcome\":\"forwarded\""), "{log}");
     assert!(!log.contains("SubscriptionId"), "the body is never logged");
     assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="forwarded",reason="ok"}"#).await,
+        h.metric(r#"pushgate_gateway_requests_total{outcome="forwarded",reason="ok"}"#)
+            .await,
         1.0
     );
     h.stop().await;
@@ -99,13 +129,22 @@ async fn chunked_notification_is_forwarded_with_a_length() {
     chunked.extend_from_slice(b"0\r\n\r\n");
     let headers = replace(&exchange_headers(0), "Content-Length", None);
     let headers = replace(&headers, "Transfer-Encoding", Some("chunked"));
-    let response = h.send(ALLOWED, &build("POST", "/api/webhooks/exchange", &headers, &chunked)).await.unwrap();
+    let response = h
+        .send(
+            ALLOWED,
+            &build("POST", "/api/webhooks/exchange", &headers, &chunked),
+        )
+        .await
+        .unwrap();
     assert_eq!(response.status, 200);
     let seen = h.upstream.requests();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].body, body);
     assert!(seen[0].header("transfer-encoding").is_none());
-    assert_eq!(seen[0].header("content-length"), Some(body.len().to_string().as_str()));
+    assert_eq!(
+        seen[0].header("content-length"),
+        Some(body.len().to_string().as_str())
+    );
     h.stop().await;
 }
 
@@ -116,18 +155,30 @@ async fn header_rules_each_have_their_status() {
     let quoted_action = format!("\"{SEND_NOTIFICATION_ACTION}\"");
     // Accepted variants first (each on a fresh harness so counts stay exact).
     for (what, headers) in [
-        ("quoted SOAPAction", replace(&base, "SOAPAction", Some(&quoted_action))),
+        (
+            "quoted SOAPAction",
+            replace(&base, "SOAPAction", Some(&quoted_action)),
+        ),
         ("lower-case soapaction name", {
             let h = replace(&base, "SOAPAction", None);
             let mut h = h;
             h.push(("soapaction", SEND_NOTIFICATION_ACTION.into()));
             h
         }),
-        ("content type without charset", replace(&base, "Content-Type", Some("text/xml"))),
-        ("identity encoding", replace(&base, "Content-Encoding", Some("identity"))),
+        (
+            "content type without charset",
+            replace(&base, "Content-Type", Some("text/xml")),
+        ),
+        (
+            "identity encoding",
+            replace(&base, "Content-Encoding", Some("identity")),
+        ),
     ] {
         let h = Harness::start().await;
-        let response = h.send(ALLOWED, &build("POST", LEGACY_PATH, &headers, &body)).await.unwrap();
+        let response = h
+            .send(ALLOWED, &build("POST", LEGACY_PATH, &headers, &body))
+            .await
+            .unwrap();
         assert_eq!(response.status, 200, "{what}");
         assert_eq!(h.upstream.requests().len(), 1, "{what}");
         h.stop().await;
@@ -135,26 +186,137 @@ async fn header_rules_each_have_their_status() {
 
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
         ("unknown path", build("POST", "/owa/", &base, &body), 404),
-        ("encoded path", build("POST", "/Webservices%2FSyncNotification.svc", &base, &body), 404),
-        ("dot segment", build("POST", "/x/../Webservices/SyncNotification.svc", &base, &body), 404),
-        ("trailing slash", build("POST", "/api/webhooks/exchange/", &base, &body), 404),
-        ("bad tenant", build("POST", "/Webservices/SyncNotification.svc?a%20b", &base, &body), 400),
-        ("long tenant", build("POST", &format!("/api/webhooks/exchange?tenant={}", "a".repeat(65)), &base, &body), 400),
-        ("PUT", build("PUT", LEGACY_PATH, &base, &body), 405),
-        ("DELETE", build("DELETE", LEGACY_PATH, &base, &[]), 405),
-        ("missing SOAPAction", build("POST", LEGACY_PATH, &replace(&base, "SOAPAction", None), &body), 400),
         (
-            "other SOAPAction",
-            build("POST", LEGACY_PATH, &replace(&base, "SOAPAction", Some("http://schemas.microsoft.com/exchange/services/2006/messages/GetItem")), &body),
+            "encoded path",
+            build("POST", "/Webservices%2FSyncNotification.svc", &base, &body),
+            404,
+        ),
+        (
+            "dot segment",
+            build(
+                "POST",
+                "/x/../Webservices/SyncNotification.svc",
+                &base,
+                &body,
+            ),
+            404,
+        ),
+        (
+            "trailing slash",
+            build("POST", "/api/webhooks/exchange/", &base, &body),
+            404,
+        ),
+        (
+            "bad tenant",
+            build(
+                "POST",
+                "/Webservices/SyncNotification.svc?a%20b",
+                &base,
+                &body,
+            ),
             400,
         ),
-        ("JSON content type", build("POST", LEGACY_PATH, &replace(&base, "Content-Type", Some("application/json")), &body), 415),
-        ("latin-1 charset", build("POST", LEGACY_PATH, &replace(&base, "Content-Type", Some("text/xml; charset=iso-8859-1")), &body), 415),
-        ("missing content type", build("POST", LEGACY_PATH, &replace(&base, "Content-Type", None), &body), 415),
-        ("gzip body", build("POST", LEGACY_PATH, &replace(&base, "Content-Encoding", Some("gzip")), &body), 415),
-        ("declared 10 MB", build("POST", LEGACY_PATH, &replace(&base, "Content-Length", Some("10485760")), &[]), 413),
-        ("no host", build("POST", LEGACY_PATH, &replace(&base, "Host", None), &body), 400),
-        ("h2c upgrade", build("POST", LEGACY_PATH, &replace(&base, "Upgrade", Some("h2c")), &body), 400),
+        (
+            "long tenant",
+            build(
+                "POST",
+                &format!("/api/webhooks/exchange?tenant={}", "a".repeat(65)),
+                &base,
+                &body,
+            ),
+            400,
+        ),
+        ("PUT", build("PUT", LEGACY_PATH, &base, &body), 405),
+        ("DELETE", build("DELETE", LEGACY_PATH, &base, &[]), 405),
+        (
+            "missing SOAPAction",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "SOAPAction", None),
+                &body,
+            ),
+            400,
+        ),
+        (
+            "other SOAPAction",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(
+                    &base,
+                    "SOAPAction",
+                    Some("http://schemas.microsoft.com/exchange/services/2006/messages/GetItem"),
+                ),
+                &body,
+            ),
+            400,
+        ),
+        (
+            "JSON content type",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "Content-Type", Some("application/json")),
+                &body,
+            ),
+            415,
+        ),
+        (
+            "latin-1 charset",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "Content-Type", Some("text/xml; charset=iso-8859-1")),
+                &body,
+            ),
+            415,
+        ),
+        (
+            "missing content type",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "Content-Type", None),
+                &body,
+            ),
+            415,
+        ),
+        (
+            "gzip body",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "Content-Encoding", Some("gzip")),
+                &body,
+            ),
+            415,
+        ),
+        (
+            "declared 10 MB",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "Content-Length", Some("10485760")),
+                &[],
+            ),
+            413,
+        ),
+        (
+            "no host",
+            build("POST", LEGACY_PATH, &replace(&base, "Host", None), &body),
+            400,
+        ),
+        (
+            "h2c upgrade",
+            build(
+                "POST",
+                LEGACY_PATH,
+                &replace(&base, "Upgrade", Some("h2c")),
+                &body,
+            ),
+            400,
+        ),
     ];
     for (what, bytes, status) in cases {
         let h = Harness::start().await;
@@ -167,13 +329,19 @@ async fn header_rules_each_have_their_status() {
 async fn method_not_allowed_lists_the_allowed_methods() {
     let h = Harness::start().await;
     let response = h
-        .send(ALLOWED, &request("OPTIONS", LEGACY_PATH, &[("Host", "localhost")], b""))
+        .send(
+            ALLOWED,
+            &request("OPTIONS", LEGACY_PATH, &[("Host", "localhost")], b""),
+        )
         .await
         .unwrap();
     assert_eq!(response.status, 405);
     assert_eq!(response.header("allow"), Some("POST, GET, HEAD"));
     assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="method_not_allowed"}"#).await,
+        h.metric(
+            r#"pushgate_gateway_requests_total{outcome="rejected",reason="method_not_allowed"}"#
+        )
+        .await,
         1.0
     );
     assert!(h.access_log().contains("\"reason\":\"method_not_allowed\""));
@@ -184,16 +352,41 @@ async fn method_not_allowed_lists_the_allowed_methods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmation_page_and_health_are_served_locally() {
     let h = Harness::start().await;
-    for path in ["/Webservices/SyncNotification.svc", "/WEBSERVICES/syncnotification.svc?Default", "/api/webhooks/exchange"] {
-        let response = h.send(ALLOWED, &request("GET", path, &[("Host", "localhost")], b"")).await.unwrap();
+    for path in [
+        "/Webservices/SyncNotification.svc",
+        "/WEBSERVICES/syncnotification.svc?Default",
+        "/api/webhooks/exchange",
+    ] {
+        let response = h
+            .send(
+                ALLOWED,
+                &request("GET", path, &[("Host", "localhost")], b""),
+            )
+            .await
+            .unwrap();
         assert_eq!(response.status, 200, "{path}");
-        assert!(response.header("content-type").unwrap().starts_with("text/html"));
+        assert!(response
+            .header("content-type")
+            .unwrap()
+            .starts_with("text/html"));
         assert!(String::from_utf8_lossy(&response.body).contains("Exchange"));
     }
-    let head = h.send(ALLOWED, &request("HEAD", LEGACY_PATH, &[("Host", "localhost")], b"")).await.unwrap();
+    let head = h
+        .send(
+            ALLOWED,
+            &request("HEAD", LEGACY_PATH, &[("Host", "localhost")], b""),
+        )
+        .await
+        .unwrap();
     assert_eq!(head.status, 200);
     assert!(head.body.is_empty());
-    let health = h.send(ALLOWED, &request("GET", "/healthz", &[("Host", "localhost")], b"")).await.unwrap();
+    let health = h
+        .send(
+            ALLOWED,
+            &request("GET", "/healthz", &[("Host", "localhost")], b""),
+        )
+        .await
+        .unwrap();
     assert_eq!((health.status, health.body.as_slice()), (200, &b"ok\n"[..]));
     h.upstream.assert_untouched("pages");
     h.stop().await;
@@ -202,12 +395,30 @@ async fn confirmation_page_and_health_are_served_locally() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_networks_may_look_but_never_post() {
     let h = Harness::start().await;
-    let page = h.send(PROBE, &request("GET", LEGACY_PATH, &[("Host", "localhost")], b"")).await.unwrap();
+    let page = h
+        .send(
+            PROBE,
+            &request("GET", LEGACY_PATH, &[("Host", "localhost")], b""),
+        )
+        .await
+        .unwrap();
     assert_eq!(page.status, 200);
-    let health = h.send(PROBE, &request("GET", "/healthz", &[("Host", "localhost")], b"")).await.unwrap();
+    let health = h
+        .send(
+            PROBE,
+            &request("GET", "/healthz", &[("Host", "localhost")], b""),
+        )
+        .await
+        .unwrap();
     assert_eq!(health.status, 200);
     let body = fixture("exo-capture.xml");
-    let post = h.send(PROBE, &notification_request(LEGACY_PATH, "localhost", &body)).await.unwrap();
+    let post = h
+        .send(
+            PROBE,
+            &notification_request(LEGACY_PATH, "localhost", &body),
+        )
+        .await
+        .unwrap();
     assert_eq!(post.status, 403);
     h.upstream.assert_untouched("probe POST");
     h.stop().await;
@@ -239,6 +450,9 @@ async fn plain_listener_serves_the_same_rules() {
     .await
     .unwrap();
     assert_eq!(response.status, 200);
-    assert_eq!(h.upstream.requests()[0].header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        h.upstream.requests()[0].header("x-forwarded-proto"),
+        Some("http")
+    );
     h.stop().await;
 }

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pushgate::exchange_sim::client::{self, notification_request, Target, SEND_NOTIFICATION_ACTION};
+use pushgate::exchange_sim::client::{
+    self, notification_request, Target, SEND_NOTIFICATION_ACTION,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn post_head(length: usize) -> String {
@@ -20,7 +22,10 @@ fn post_head(length: usize) -> String {
 
 async fn refused_body(h: &Harness, body: &[u8], what: &str) -> u16 {
     let response = h
-        .send(ALLOWED, &notification_request(LEGACY_PATH, "localhost", body))
+        .send(
+            ALLOWED,
+            &notification_request(LEGACY_PATH, "localhost", body),
+        )
         .await
         .unwrap_or_else(|e| panic!("{what}: {e}"));
     h.upstream.assert_untouched(what);
@@ -85,7 +90,9 @@ async fn ten_megabyte_bodies_are_refused_declared_or_chunked() {
         writer.write_all(head.as_bytes()).await?;
         let chunk = vec![b'<'; 64 * 1024];
         for _ in 0..160 {
-            writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+            writer
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .await?;
             writer.write_all(&chunk).await?;
             writer.write_all(b"\r\n").await?;
         }
@@ -100,7 +107,8 @@ async fn ten_megabyte_bodies_are_refused_declared_or_chunked() {
     sender.abort();
     h.upstream.assert_untouched("10 MB bodies");
     assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="body_too_large"}"#).await,
+        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="body_too_large"}"#)
+            .await,
         2.0
     );
     h.stop().await;
@@ -131,15 +139,22 @@ async fn slowloris_head_is_cut_off() {
     if closed_after.is_none() {
         let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
-        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "connection must be closed");
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "connection must be closed"
+        );
         closed_after = Some(started.elapsed());
     }
     let closed_after = closed_after.unwrap();
-    assert!(closed_after < Duration::from_secs(4), "cut off after {closed_after:?}");
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "cut off after {closed_after:?}"
+    );
     // The header timeout fires inside the gateway at about 1 s, whatever the client notices later.
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="header_timeout"}"#).await,
+        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="header_timeout"}"#)
+            .await,
         1.0
     );
     h.upstream.assert_untouched("slowloris");
@@ -155,7 +170,10 @@ async fn slow_body_gets_408() {
     .await;
     let body = fixture("exo-capture.xml");
     let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
-    stream.write_all(post_head(body.len()).as_bytes()).await.unwrap();
+    stream
+        .write_all(post_head(body.len()).as_bytes())
+        .await
+        .unwrap();
     stream.write_all(&body[..100]).await.unwrap();
     // ...and the rest never comes.
     let response = tokio::time::timeout(TIMEOUT, client::read_response(&mut stream))
@@ -226,7 +244,10 @@ async fn request_smuggling_shapes_are_refused() {
         ("bare LF with CL and TE", bare_lf),
     ] {
         let h = Harness::start().await;
-        let response = h.send(ALLOWED, bytes.as_bytes()).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+        let response = h
+            .send(ALLOWED, bytes.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(response.status, 400, "{what}");
         assert!(response.header("server").is_none(), "{what}: banner");
         h.upstream.assert_untouched(what);
@@ -261,8 +282,20 @@ async fn oversized_and_garbage_heads() {
     let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
     let many = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\n{many}\r\n");
     assert_eq!(h.send(ALLOWED, many.as_bytes()).await.unwrap().status, 431);
-    assert_eq!(h.send(ALLOWED, b"\x00\x01\x02garbage\r\n\r\n").await.unwrap().status, 400);
-    assert_eq!(h.send(ALLOWED, b"GET /healthz HTTP/2.0\r\n\r\n").await.unwrap().status, 505);
+    assert_eq!(
+        h.send(ALLOWED, b"\x00\x01\x02garbage\r\n\r\n")
+            .await
+            .unwrap()
+            .status,
+        400
+    );
+    assert_eq!(
+        h.send(ALLOWED, b"GET /healthz HTTP/2.0\r\n\r\n")
+            .await
+            .unwrap()
+            .status,
+        505
+    );
     h.upstream.assert_untouched("garbage heads");
     h.stop().await;
 }
@@ -271,15 +304,28 @@ async fn oversized_and_garbage_heads() {
 async fn denied_source_is_closed_before_tls() {
     let h = Harness::start().await;
     let body = fixture("exo-capture.xml");
-    let result = h.send(DENIED, &notification_request(LEGACY_PATH, "localhost", &body)).await;
-    assert!(result.is_err(), "no TLS session for an unlisted source: {result:?}");
+    let result = h
+        .send(
+            DENIED,
+            &notification_request(LEGACY_PATH, "localhost", &body),
+        )
+        .await;
+    assert!(
+        result.is_err(),
+        "no TLS session for an unlisted source: {result:?}"
+    );
     // Also with a forged X-Forwarded-For naming a Microsoft address.
     let mut forged = notification_request(LEGACY_PATH, "localhost", &body);
     forged.splice(0..0, Vec::new());
-    let forged = String::from_utf8(forged).unwrap().replacen("\r\n", "\r\nX-Forwarded-For: 40.92.0.1\r\n", 1);
+    let forged = String::from_utf8(forged).unwrap().replacen(
+        "\r\n",
+        "\r\nX-Forwarded-For: 40.92.0.1\r\n",
+        1,
+    );
     assert!(h.send(DENIED, forged.as_bytes()).await.is_err());
     assert_eq!(
-        h.metric(r#"pushgate_gateway_connections_rejected_total{reason="source_not_allowed"}"#).await,
+        h.metric(r#"pushgate_gateway_connections_rejected_total{reason="source_not_allowed"}"#)
+            .await,
         2.0
     );
     h.upstream.assert_untouched("denied source");
@@ -298,11 +344,17 @@ async fn forwarded_for_from_untrusted_peers_is_never_believed() {
     let body = fixture("exo-capture.xml");
     // A probe network claiming to forward for Microsoft still may not post.
     let h = Harness::start().await;
-    let forged = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), "40.92.0.1");
+    let forged = with_forwarded_for(
+        notification_request(LEGACY_PATH, "localhost", &body),
+        "40.92.0.1",
+    );
     assert_eq!(h.send(PROBE, &forged).await.unwrap().status, 403);
     h.upstream.assert_untouched("forged XFF from probe");
     // An allowed peer's own claim is replaced by its real address.
-    let forged = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), "203.0.113.7");
+    let forged = with_forwarded_for(
+        notification_request(LEGACY_PATH, "localhost", &body),
+        "203.0.113.7",
+    );
     assert_eq!(h.send(ALLOWED, &forged).await.unwrap().status, 200);
     let seen = h.upstream.requests();
     assert_eq!(seen[0].header("x-forwarded-for"), Some("127.0.0.2"));
@@ -322,12 +374,16 @@ async fn trusted_proxy_rightmost_untrusted_hop_decides() {
     ];
     for (xff, admitted_as) in cases {
         let h = Harness::start().await;
-        let request = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), xff);
+        let request =
+            with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), xff);
         let response = h.send(PROXY, &request).await.unwrap();
         match admitted_as {
             Some(client) => {
                 assert_eq!(response.status, 200, "{xff}");
-                assert_eq!(h.upstream.requests()[0].header("x-forwarded-for"), Some(client));
+                assert_eq!(
+                    h.upstream.requests()[0].header("x-forwarded-for"),
+                    Some(client)
+                );
             }
             None => {
                 assert_eq!(response.status, 403, "{xff}");
@@ -338,7 +394,10 @@ async fn trusted_proxy_rightmost_untrusted_hop_decides() {
     }
     // A malformed chain from the balancer is refused.
     let h = Harness::start().await;
-    let request = with_forwarded_for(notification_request(LEGACY_PATH, "localhost", &body), "not-an-address");
+    let request = with_forwarded_for(
+        notification_request(LEGACY_PATH, "localhost", &body),
+        "not-an-address",
+    );
     assert_eq!(h.send(PROXY, &request).await.unwrap().status, 400);
     h.upstream.assert_untouched("malformed XFF");
     h.stop().await;
@@ -359,13 +418,18 @@ async fn proxy_protocol_names_the_client_before_tls() {
         .with_preamble(b"PROXY TCP4 40.92.0.1 127.0.0.1 51000 443\r\n");
     let response = client::exchange(&target, &request, TIMEOUT).await.unwrap();
     assert_eq!(response.status, 200);
-    assert_eq!(h.upstream.requests()[0].header("x-forwarded-for"), Some("40.92.0.1"));
+    assert_eq!(
+        h.upstream.requests()[0].header("x-forwarded-for"),
+        Some("40.92.0.1")
+    );
     // v2 naming an IPv6 Exchange front end.
     let v2 = ppp::v2::Builder::with_addresses(
         ppp::v2::Version::Two | ppp::v2::Command::Proxy,
         ppp::v2::Protocol::Stream,
         (
-            "[2603:1026:c02:3097::5]:51000".parse::<std::net::SocketAddr>().unwrap(),
+            "[2603:1026:c02:3097::5]:51000"
+                .parse::<std::net::SocketAddr>()
+                .unwrap(),
             "[::1]:443".parse::<std::net::SocketAddr>().unwrap(),
         ),
     )
@@ -381,7 +445,9 @@ async fn proxy_protocol_names_the_client_before_tls() {
         .with_preamble(b"PROXY TCP4 203.0.113.5 127.0.0.1 51000 443\r\n");
     assert!(client::exchange(&target, &request, TIMEOUT).await.is_err());
     // No PROXY header from the balancer: closed.
-    assert!(client::exchange(&h.target(PROXY), &request, TIMEOUT).await.is_err());
+    assert!(client::exchange(&h.target(PROXY), &request, TIMEOUT)
+        .await
+        .is_err());
     assert_eq!(h.upstream.requests().len(), 2);
     h.stop().await;
 }
@@ -397,13 +463,29 @@ async fn dual_stack_listener_matches_v4_mapped_peers() {
     let v4 = std::net::SocketAddr::new("127.0.0.1".parse().unwrap(), port);
     let v6 = std::net::SocketAddr::new("::1".parse().unwrap(), port);
     let health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
-    let allowed = Target::tls(v4, &h.ca_pem, "localhost").unwrap().from(ALLOWED);
-    assert_eq!(client::exchange(&allowed, health, TIMEOUT).await.unwrap().status, 200);
-    let denied = Target::tls(v4, &h.ca_pem, "localhost").unwrap().from(DENIED);
+    let allowed = Target::tls(v4, &h.ca_pem, "localhost")
+        .unwrap()
+        .from(ALLOWED);
+    assert_eq!(
+        client::exchange(&allowed, health, TIMEOUT)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+    let denied = Target::tls(v4, &h.ca_pem, "localhost")
+        .unwrap()
+        .from(DENIED);
     assert!(client::exchange(&denied, health, TIMEOUT).await.is_err());
     let six = Target::tls(v6, &h.ca_pem, "localhost")
         .unwrap()
         .from("::1".parse::<IpAddr>().unwrap());
-    assert_eq!(client::exchange(&six, health, TIMEOUT).await.unwrap().status, 200);
+    assert_eq!(
+        client::exchange(&six, health, TIMEOUT)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     h.stop().await;
 }

@@ -19,7 +19,10 @@ async fn wait_for_metric(h: &Harness, sample: &str, value: f64) {
         if h.metric(sample).await >= value {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "{sample} never reached {value}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sample} never reached {value}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -62,7 +65,10 @@ async fn tls12_and_tls13_are_both_served() {
         assert_eq!(response.status, 200, "{label}");
     }
     let log = h.access_log();
-    assert!(log.contains("\"tls\":\"TLSv1.2\"") || log.contains("\"tls\":\"TLSv1_2\""), "{log}");
+    assert!(
+        log.contains("\"tls\":\"TLSv1.2\"") || log.contains("\"tls\":\"TLSv1_2\""),
+        "{log}"
+    );
     h.stop().await;
 }
 
@@ -82,13 +88,28 @@ async fn certificate_swapped_on_disk_while_connections_are_open() {
     let (new_cert, new_key, new_pem) = write_pki(replacement.path());
     std::fs::copy(&new_key, &h.config.gateway.tls_key).unwrap();
     std::fs::copy(&new_cert, &h.config.gateway.tls_cert).unwrap();
-    wait_for_metric(&h, r#"pushgate_gateway_tls_reloads_total{result="reloaded"}"#, 1.0).await;
+    wait_for_metric(
+        &h,
+        r#"pushgate_gateway_tls_reloads_total{result="reloaded"}"#,
+        1.0,
+    )
+    .await;
 
     // New handshakes present the new certificate: trusting only the new one works...
-    let with_new = Target::tls(h.tls_addr(), &new_pem, "localhost").unwrap().from(ALLOWED);
-    assert_eq!(client::exchange(&with_new, HEALTH, TIMEOUT).await.unwrap().status, 200);
+    let with_new = Target::tls(h.tls_addr(), &new_pem, "localhost")
+        .unwrap()
+        .from(ALLOWED);
+    assert_eq!(
+        client::exchange(&with_new, HEALTH, TIMEOUT)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // ...and a client that trusts only the old one no longer completes a handshake.
-    let with_old = Target::tls(h.tls_addr(), &old_pem, "localhost").unwrap().from(ALLOWED);
+    let with_old = Target::tls(h.tls_addr(), &old_pem, "localhost")
+        .unwrap()
+        .from(ALLOWED);
     assert!(client::exchange(&with_old, HEALTH, TIMEOUT).await.is_err());
 
     // The connection opened before the swap finishes its request normally.
@@ -101,14 +122,40 @@ async fn certificate_swapped_on_disk_while_connections_are_open() {
     assert_eq!(response.body, ok_envelope());
 
     // A broken renewal (garbage certificate) is refused; the current certificate keeps serving.
-    std::fs::write(&h.config.gateway.tls_cert, "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
-    wait_for_metric(&h, r#"pushgate_gateway_tls_reloads_total{result="refused"}"#, 1.0).await;
-    assert_eq!(client::exchange(&with_new, HEALTH, TIMEOUT).await.unwrap().status, 200);
+    std::fs::write(
+        &h.config.gateway.tls_cert,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    wait_for_metric(
+        &h,
+        r#"pushgate_gateway_tls_reloads_total{result="refused"}"#,
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        client::exchange(&with_new, HEALTH, TIMEOUT)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     // A certificate that does not match the key on disk is refused too.
     let other = tempfile::tempdir().unwrap();
     let (other_cert, _, _) = write_pki(other.path());
     std::fs::copy(&other_cert, &h.config.gateway.tls_cert).unwrap();
-    wait_for_metric(&h, r#"pushgate_gateway_tls_reloads_total{result="refused"}"#, 2.0).await;
-    assert_eq!(client::exchange(&with_new, HEALTH, TIMEOUT).await.unwrap().status, 200);
+    wait_for_metric(
+        &h,
+        r#"pushgate_gateway_tls_reloads_total{result="refused"}"#,
+        2.0,
+    )
+    .await;
+    assert_eq!(
+        client::exchange(&with_new, HEALTH, TIMEOUT)
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     h.stop().await;
 }

@@ -46,14 +46,17 @@ async fn slow_worker_gives_504_before_exchange_gives_up() {
         ..Options::default()
     })
     .await;
-    h.upstream.set_behaviour(Behaviour::Delay(Duration::from_secs(4)));
+    h.upstream
+        .set_behaviour(Behaviour::Delay(Duration::from_secs(4)));
     let started = std::time::Instant::now();
     let response = h.post(&fixture("exo-capture.xml")).await;
     assert_eq!(response.status, 504);
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_timeout"}"#)
-            .await,
+        h.metric(
+            r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_timeout"}"#
+        )
+        .await,
         1.0
     );
     h.stop().await;
@@ -62,7 +65,8 @@ async fn slow_worker_gives_504_before_exchange_gives_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_request_in_flight_finish() {
     let h = Harness::start().await;
-    h.upstream.set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
+    h.upstream
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
     let target = h.target(ALLOWED);
     let body = fixture("exo-capture.xml");
     let in_flight = tokio::spawn(async move {
@@ -78,5 +82,8 @@ async fn shutdown_lets_the_request_in_flight_finish() {
     h.stop().await;
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status, 200, "the request in flight got its answer");
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

@@ -124,10 +124,12 @@ fn read_header_line(
         "version" => &mut header.version,
         "fetched" => &mut header.fetched,
         "count" => {
-            let count = value.parse::<usize>().map_err(|_| RangesFileError::BadCount {
-                line,
-                text: value.to_string(),
-            })?;
+            let count = value
+                .parse::<usize>()
+                .map_err(|_| RangesFileError::BadCount {
+                    line,
+                    text: value.to_string(),
+                })?;
             header.count.get_or_insert(count);
             return Ok(());
         }
@@ -217,10 +219,18 @@ mod tests {
         let err = parse_ranges_file("# c\n10.0.0.0/8\n10.0.0.0/33\n").unwrap_err();
         assert_eq!(
             err,
-            RangesFileError::BadEntry { line: 3, text: "10.0.0.0/33".into() }
+            RangesFileError::BadEntry {
+                line: 3,
+                text: "10.0.0.0/33".into()
+            }
         );
         assert!(err.to_string().starts_with("line 3:"), "{err}");
-        for bad in ["10.0.0.0/8 10.1.0.0/16", "example.com", "fe80::1%eth0", "10.0.0.0/"] {
+        for bad in [
+            "10.0.0.0/8 10.1.0.0/16",
+            "example.com",
+            "fe80::1%eth0",
+            "10.0.0.0/",
+        ] {
             assert!(parse_ranges_file(bad).is_err(), "{bad}");
         }
     }
@@ -239,10 +249,16 @@ mod tests {
         let truncated = &WRITTEN[..WRITTEN.find("2603").unwrap()];
         assert_eq!(
             parse_ranges_file(truncated).unwrap_err(),
-            RangesFileError::CountMismatch { declared: 3, listed: 1 }
+            RangesFileError::CountMismatch {
+                declared: 3,
+                listed: 1
+            }
         );
         let err = parse_ranges_file("# count: many\n10.0.0.0/8\n").unwrap_err();
-        assert!(matches!(err, RangesFileError::BadCount { line: 1, .. }), "{err}");
+        assert!(
+            matches!(err, RangesFileError::BadCount { line: 1, .. }),
+            "{err}"
+        );
     }
 
     #[test]

@@ -35,13 +35,18 @@ pub enum ReloadOutcome {
     /// The file looks as it did at the last check: nothing read.
     Unchanged,
     /// A new list was swapped in.
-    Reloaded { entries: usize, version: Option<String> },
+    Reloaded {
+        entries: usize,
+        version: Option<String>,
+    },
 }
 
 /// Identity of the file's current content as far as `stat` can tell. Compared, never ordered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileStamp {
     modified: Option<SystemTime>,
+    /// Status change time: moves on rename and chmod too (0 where the platform has none).
+    changed_nanos: i128,
     len: u64,
     device: u64,
     inode: u64,
@@ -73,14 +78,22 @@ struct Shared {
 impl Allowlist {
     /// Loads the ranges file at start-up. Any error (missing, unreadable, unparsable, empty) is
     /// returned: the gateway must not start without a list.
-    pub fn load(path: impl Into<PathBuf>, metrics: AllowlistMetrics) -> Result<Self, AllowlistError> {
+    pub fn load(
+        path: impl Into<PathBuf>,
+        metrics: AllowlistMetrics,
+    ) -> Result<Self, AllowlistError> {
         let path = path.into();
         let observed = observe(&path).map_err(|source| AllowlistError::Io {
             path: path.clone(),
             source,
         })?;
         let loaded = read_loaded(&path)?;
-        metrics.record_loaded(loaded.set.len(), loaded.version(), None, unix_seconds(loaded.loaded_at));
+        metrics.record_loaded(
+            loaded.set.len(),
+            loaded.version(),
+            None,
+            unix_seconds(loaded.loaded_at),
+        );
         Ok(Self {
             shared: Arc::new(Shared {
                 path,
@@ -144,9 +157,12 @@ impl Allowlist {
                 let version = loaded.header.version.clone();
                 let loaded_at = unix_seconds(loaded.loaded_at);
                 let previous = shared.current.swap(Arc::new(loaded));
-                shared
-                    .metrics
-                    .record_loaded(entries, version.as_deref(), Some(previous.version().unwrap_or(super::UNKNOWN_VERSION)), loaded_at);
+                shared.metrics.record_loaded(
+                    entries,
+                    version.as_deref(),
+                    Some(previous.version().unwrap_or(super::UNKNOWN_VERSION)),
+                    loaded_at,
+                );
                 shared.metrics.record_reload();
                 tracing::info!(
                     path = %shared.path.display(),
@@ -175,7 +191,7 @@ impl Allowlist {
 /// Polls the ranges file every `interval` and swaps in a new list when it changes, until
 /// `shutdown` completes.
 ///
-/// Polling `stat` (modification time, length, inode, device) rather than subscribing to
+/// Polling `stat` (modification and status-change times, length, inode, device) rather than subscribing to
 /// file-system events is deliberate: it sees atomic renames, editors that write in place or
 /// replace the file, symlink flips and bind mounts (where inotify misses changes made from the
 /// other side) alike, and costs one `stat` per interval.
@@ -214,14 +230,16 @@ fn read_loaded(path: &Path) -> Result<Loaded, AllowlistError> {
 fn observe(path: &Path) -> io::Result<FileStamp> {
     let meta = std::fs::metadata(path)?;
     #[cfg(unix)]
-    let (device, inode) = {
+    let (device, inode, changed_nanos) = {
         use std::os::unix::fs::MetadataExt;
-        (meta.dev(), meta.ino())
+        let changed = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        (meta.dev(), meta.ino(), changed)
     };
     #[cfg(not(unix))]
-    let (device, inode) = (0, 0);
+    let (device, inode, changed_nanos) = (0, 0, 0);
     Ok(FileStamp {
         modified: meta.modified().ok(),
+        changed_nanos,
         len: meta.len(),
         device,
         inode,

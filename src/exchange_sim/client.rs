@@ -148,7 +148,12 @@ pub async fn read_response<S: AsyncRead + Unpin + ?Sized>(
             let headers: Vec<(String, String)> = response
                 .headers
                 .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             let length = headers
                 .iter()

@@ -113,7 +113,11 @@ pub fn judge(status: u16, body: &[u8]) -> AttemptOutcome {
 }
 
 /// One attempt: a new TLS connection, the request, the answer.
-pub async fn attempt(endpoint: &Endpoint, body: &[u8], policy: &RetryPolicy) -> (AttemptOutcome, Duration) {
+pub async fn attempt(
+    endpoint: &Endpoint,
+    body: &[u8],
+    policy: &RetryPolicy,
+) -> (AttemptOutcome, Duration) {
     let request = client::notification_request(&endpoint.path_and_query, &endpoint.host, body);
     let started = Instant::now();
     let outcome = match client::exchange(&endpoint.target, &request, policy.answer_timeout).await {
@@ -257,9 +261,9 @@ impl SimSubscription {
 
 fn watermark_for(subscription: &str, counter: u64) -> String {
     // Opaque to the listener, like Exchange's base64 watermarks; unique per subscription.
-    let tag: u32 = subscription
-        .bytes()
-        .fold(2_166_136_261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
+    let tag: u32 = subscription.bytes().fold(2_166_136_261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16_777_619)
+    });
     format!("AQAAA{tag:08X}{counter:016X}=")
 }
 
@@ -277,7 +281,11 @@ pub struct SubscriptionRun {
 
 /// Sends the whole queue, one notification in flight: the next one only after the previous was
 /// accepted (or the subscription dropped).
-pub async fn drain(subscription: &mut SimSubscription, endpoint: &Endpoint, policy: &RetryPolicy) -> SubscriptionRun {
+pub async fn drain(
+    subscription: &mut SimSubscription,
+    endpoint: &Endpoint,
+    policy: &RetryPolicy,
+) -> SubscriptionRun {
     let mut run = SubscriptionRun::default();
     while let Some(notification) = subscription.next_notification() {
         let events = notification.events().count();
@@ -320,17 +328,27 @@ mod tests {
     #[test]
     fn answers_are_judged_strictly() {
         let ok = crate::notification::result_envelope(SubscriptionStatus::Ok);
-        assert_eq!(judge(200, ok), AttemptOutcome::Accepted(SubscriptionStatus::Ok));
+        assert_eq!(
+            judge(200, ok),
+            AttemptOutcome::Accepted(SubscriptionStatus::Ok)
+        );
         assert!(matches!(judge(202, b""), AttemptOutcome::Failed(_)));
         assert!(matches!(judge(500, ok), AttemptOutcome::Failed(_)));
-        assert!(matches!(judge(200, &[b' '; 1024]), AttemptOutcome::Failed(_)));
+        assert!(matches!(
+            judge(200, &[b' '; 1024]),
+            AttemptOutcome::Failed(_)
+        ));
     }
 
     #[test]
     fn batches_of_fifty_with_more_events() {
         let mut sub = SimSubscription::new("sub-1");
         for i in 0..120 {
-            sub.item_event(EventKind::Modified, &format!("item-{i}"), "2026-11-22T10:00:00Z");
+            sub.item_event(
+                EventKind::Modified,
+                &format!("item-{i}"),
+                "2026-11-22T10:00:00Z",
+            );
         }
         let mut previous_last: Option<String> = None;
         let mut sizes = Vec::new();
@@ -351,8 +369,22 @@ mod tests {
         let mut b = SimSubscription::new("b");
         a.heartbeat();
         b.heartbeat();
-        let wa = a.next_notification().unwrap().events().next().unwrap().watermark.clone();
-        let wb = b.next_notification().unwrap().events().next().unwrap().watermark.clone();
+        let wa = a
+            .next_notification()
+            .unwrap()
+            .events()
+            .next()
+            .unwrap()
+            .watermark
+            .clone();
+        let wb = b
+            .next_notification()
+            .unwrap()
+            .events()
+            .next()
+            .unwrap()
+            .watermark
+            .clone();
         assert_ne!(wa, wb);
     }
 }

@@ -41,7 +41,9 @@ impl NetList {
 
 /// Parses one `X-Forwarded-For` element: a bare address, `[v6]`, `[v6]:port` or `v4:port`.
 pub fn parse_forwarded_hop(hop: &[u8]) -> Option<IpAddr> {
-    let text = std::str::from_utf8(hop).ok()?.trim_matches(|c| c == ' ' || c == '\t');
+    let text = std::str::from_utf8(hop)
+        .ok()?
+        .trim_matches(|c| c == ' ' || c == '\t');
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
@@ -119,9 +121,15 @@ mod tests {
     #[test]
     fn trusted_peer_without_header_is_the_client() {
         let trusted = list(&["10.0.0.0/8"]);
-        assert_eq!(resolve_client(ip("10.0.0.2"), std::iter::empty(), &trusted), Ok(ip("10.0.0.2")));
+        assert_eq!(
+            resolve_client(ip("10.0.0.2"), std::iter::empty(), &trusted),
+            Ok(ip("10.0.0.2"))
+        );
         let values: [&[u8]; 1] = [b"10.9.9.9"];
-        assert_eq!(resolve_client(ip("10.0.0.2"), values.into_iter(), &trusted), Ok(ip("10.9.9.9")));
+        assert_eq!(
+            resolve_client(ip("10.0.0.2"), values.into_iter(), &trusted),
+            Ok(ip("10.9.9.9"))
+        );
     }
 
     #[test]
@@ -145,10 +153,22 @@ mod tests {
     fn hop_forms() {
         assert_eq!(parse_forwarded_hop(b" 40.92.0.1 "), Some(ip("40.92.0.1")));
         assert_eq!(parse_forwarded_hop(b"40.92.0.1:443"), Some(ip("40.92.0.1")));
-        assert_eq!(parse_forwarded_hop(b"2603:1026::5"), Some(ip("2603:1026::5")));
-        assert_eq!(parse_forwarded_hop(b"[2603:1026::5]"), Some(ip("2603:1026::5")));
-        assert_eq!(parse_forwarded_hop(b"[2603:1026::5]:443"), Some(ip("2603:1026::5")));
-        assert_eq!(parse_forwarded_hop(b"::ffff:40.92.0.1"), Some(ip("40.92.0.1")));
+        assert_eq!(
+            parse_forwarded_hop(b"2603:1026::5"),
+            Some(ip("2603:1026::5"))
+        );
+        assert_eq!(
+            parse_forwarded_hop(b"[2603:1026::5]"),
+            Some(ip("2603:1026::5"))
+        );
+        assert_eq!(
+            parse_forwarded_hop(b"[2603:1026::5]:443"),
+            Some(ip("2603:1026::5"))
+        );
+        assert_eq!(
+            parse_forwarded_hop(b"::ffff:40.92.0.1"),
+            Some(ip("40.92.0.1"))
+        );
         assert_eq!(parse_forwarded_hop(b"unknown"), None);
     }
 

@@ -256,12 +256,21 @@ async fn serve_connection(
                 client: Some(source),
                 outcome: Err(reject),
             };
-            finish_direct(&mut stream, &decision, peer, &request_id, tls_version.as_deref(), shared)
-                .await;
+            finish_direct(
+                &mut stream,
+                &decision,
+                peer,
+                &request_id,
+                tls_version.as_deref(),
+                shared,
+            )
+            .await;
             return;
         }
         Err(_elapsed) => {
-            shared.metrics.count_request("rejected", "header_timeout", 0.0);
+            shared
+                .metrics
+                .count_request("rejected", "header_timeout", 0.0);
             shared.connection_log.note("header_timeout", peer);
             return;
         }
@@ -282,8 +291,15 @@ async fn serve_connection(
             client
         }
         _ => {
-            finish_direct(&mut stream, &decision, peer, &request_id, tls_version.as_deref(), shared)
-                .await;
+            finish_direct(
+                &mut stream,
+                &decision,
+                peer,
+                &request_id,
+                tls_version.as_deref(),
+                shared,
+            )
+            .await;
             return;
         }
     };
@@ -366,7 +382,12 @@ async fn read_and_decide(
 }
 
 /// Source admission, then the rules: unadmitted clients learn nothing about paths or methods.
-fn decide(request: &httparse::Request<'_, '_>, source: IpAddr, class: PeerClass, shared: &Shared) -> Decision {
+fn decide(
+    request: &httparse::Request<'_, '_>,
+    source: IpAddr,
+    class: PeerClass,
+    shared: &Shared,
+) -> Decision {
     let method = request.method.unwrap_or_default();
     let target = request.path.unwrap_or_default().as_bytes();
     let (method_logged, target_logged) = AccessRecord::method_and_target(method, target);
@@ -421,6 +442,65 @@ const CONFIRMATION_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta 
 <p>This address receives Exchange push notifications (EWS SendNotification, HTTP POST). \
 It is reachable.</p></body></html>\n";
 
+/// An answer the gateway gives itself, with what the metrics and the log say about it.
+struct DirectAnswer {
+    status: u16,
+    content_type: &'static str,
+    body: &'static str,
+    head_only: bool,
+    extra: Option<(&'static str, &'static str)>,
+    outcome: &'static str,
+    reason: &'static str,
+}
+
+impl DirectAnswer {
+    const TEXT: &'static str = "text/plain; charset=utf-8";
+
+    /// `None` for notifications, which pingora forwards.
+    fn for_decision(outcome: &Result<Route, Reject>, shared: &Shared) -> Option<Self> {
+        let answer = match outcome {
+            Err(reject) => DirectAnswer {
+                status: reject.status(),
+                content_type: Self::TEXT,
+                body: reject.body(),
+                head_only: false,
+                extra: reject.extra_header(),
+                outcome: "rejected",
+                reason: reject.reason(),
+            },
+            Ok(Route::Health { head_only }) if shared.healthy() => DirectAnswer {
+                status: 200,
+                content_type: Self::TEXT,
+                body: "ok\n",
+                head_only: *head_only,
+                extra: None,
+                outcome: "served",
+                reason: "healthz",
+            },
+            Ok(Route::Health { head_only }) => DirectAnswer {
+                status: 503,
+                content_type: Self::TEXT,
+                body: status_text(503),
+                head_only: *head_only,
+                extra: None,
+                outcome: "served",
+                reason: "healthz_unavailable",
+            },
+            Ok(Route::ConfirmationPage { head_only }) => DirectAnswer {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: CONFIRMATION_PAGE,
+                head_only: *head_only,
+                extra: None,
+                outcome: "served",
+                reason: "confirmation_page",
+            },
+            Ok(Route::Notification(_)) => return None,
+        };
+        Some(answer)
+    }
+}
+
 /// Answers a request the gateway handles itself (refusal, confirmation page, health check),
 /// then writes the access log line and closes gently.
 async fn finish_direct(
@@ -432,50 +512,18 @@ async fn finish_direct(
     shared: &Shared,
 ) {
     let started = Instant::now();
-    let (status, content_type, body, head_only, extra, outcome, reason): (
-        u16,
-        &str,
-        &str,
-        bool,
-        Option<(&str, &str)>,
-        &str,
-        &str,
-    ) = match &decision.outcome {
-        Err(reject) => (
-            reject.status(),
-            "text/plain; charset=utf-8",
-            reject.body(),
-            false,
-            reject.extra_header(),
-            "rejected",
-            reject.reason(),
-        ),
-        Ok(Route::Health { head_only }) => {
-            if shared.healthy() {
-                (200, "text/plain; charset=utf-8", "ok\n", *head_only, None, "served", "healthz")
-            } else {
-                (
-                    503,
-                    "text/plain; charset=utf-8",
-                    status_text(503),
-                    *head_only,
-                    None,
-                    "served",
-                    "healthz_unavailable",
-                )
-            }
-        }
-        Ok(Route::ConfirmationPage { head_only }) => (
-            200,
-            "text/html; charset=utf-8",
-            CONFIRMATION_PAGE,
-            *head_only,
-            None,
-            "served",
-            "confirmation_page",
-        ),
-        Ok(Route::Notification(_)) => return,
+    let Some(answer) = DirectAnswer::for_decision(&decision.outcome, shared) else {
+        return;
     };
+    let DirectAnswer {
+        status,
+        content_type,
+        body,
+        head_only,
+        extra,
+        outcome,
+        reason,
+    } = answer;
     if outcome == "rejected" {
         tracing::info!(
             request_id,

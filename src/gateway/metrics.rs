@@ -2,8 +2,7 @@
 //! `[gateway] metrics_listen`, apart from the public listener).
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
 
 /// Every metric the gateway itself owns (the allowlist registers its own into the same registry).
@@ -143,4 +142,3 @@ impl GatewayMetrics {
         crate::metrics::render_registry(&self.registry)
     }
 }
-

@@ -162,8 +162,8 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
     let metrics = GatewayMetrics::new().context("registering gateway metrics")?;
     let allowlist_metrics =
         AllowlistMetrics::register(&metrics.registry).context("registering allowlist metrics")?;
-    let allowlist = Allowlist::load(&g.ranges_file, allowlist_metrics)
-        .context("loading the ranges file")?;
+    let allowlist =
+        Allowlist::load(&g.ranges_file, allowlist_metrics).context("loading the ranges file")?;
     let access_log = access_log::AccessLog::open(&g.access_log)
         .with_context(|| format!("opening the access log {}", g.access_log))?;
 
@@ -206,9 +206,7 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         let key = tls::load_certified_key(&g.tls_cert, &g.tls_key)
             .context("loading the TLS certificate")?;
         let resolver = Arc::new(ReloadingCertResolver::new(key));
-        metrics
-            .tls_certificate_loaded_timestamp
-            .set(unix_now());
+        metrics.tls_certificate_loaded_timestamp.set(unix_now());
         let server_config = tls::server_config(resolver.clone())?;
         let acceptor = Arc::new(Acceptor::from_server_config(server_config));
         let listener = bind(&g.listen, "TLS").await?;

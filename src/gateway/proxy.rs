@@ -141,7 +141,9 @@ impl GatewayProxy {
             .as_ref()
             .map(|a| a.request_id.as_str())
             .unwrap_or("-");
-        if let Err(e) = write_fixed(session, reject.status(), request_id, reject.extra_header()).await {
+        if let Err(e) =
+            write_fixed(session, reject.status(), request_id, reject.extra_header()).await
+        {
             tracing::debug!(error = %e, "client went away before the rejection was sent");
         }
     }
@@ -165,7 +167,9 @@ async fn write_fixed(
         response.insert_header(name, value)?;
     }
     session.set_keepalive(None);
-    session.write_response_header(Box::new(response), false).await?;
+    session
+        .write_response_header(Box::new(response), false)
+        .await?;
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
@@ -189,18 +193,20 @@ impl ProxyHttp for GatewayProxy {
         ctx.admitted = Some(admitted);
         session.as_downstream_mut().enable_retry_buffering();
 
-        let body = match tokio::time::timeout(self.shared.body_timeout, self.read_body(session)).await {
-            Err(_elapsed) => {
-                self.send_rejection(session, ctx, Reject::BodyTimeout).await;
-                return Ok(true);
-            }
-            Ok(Err(BodyError::TooLarge)) => {
-                self.send_rejection(session, ctx, Reject::BodyTooLarge).await;
-                return Ok(true);
-            }
-            Ok(Err(BodyError::Read(e))) => return Err(e),
-            Ok(Ok(body)) => body,
-        };
+        let body =
+            match tokio::time::timeout(self.shared.body_timeout, self.read_body(session)).await {
+                Err(_elapsed) => {
+                    self.send_rejection(session, ctx, Reject::BodyTimeout).await;
+                    return Ok(true);
+                }
+                Ok(Err(BodyError::TooLarge)) => {
+                    self.send_rejection(session, ctx, Reject::BodyTooLarge)
+                        .await;
+                    return Ok(true);
+                }
+                Ok(Err(BodyError::Read(e))) => return Err(e),
+                Ok(Ok(body)) => body,
+            };
         ctx.body_len = body.len();
         self.shared.metrics.body_bytes.observe(body.len() as f64);
 
@@ -212,14 +218,22 @@ impl ProxyHttp for GatewayProxy {
                 detail = %rejection.detail,
                 "notification body refused"
             );
-            self.send_rejection(session, ctx, Reject::InvalidNotification(rejection.reason()))
-                .await;
+            self.send_rejection(
+                session,
+                ctx,
+                Reject::InvalidNotification(rejection.reason()),
+            )
+            .await;
             return Ok(true);
         }
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Self::CTX) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.upstream, false, String::new());
         peer.options.connection_timeout = Some(self.upstream_connect_timeout);
         peer.options.total_connection_timeout = Some(self.upstream_connect_timeout);
@@ -247,17 +261,28 @@ impl ProxyHttp for GatewayProxy {
             .map(|name| name.trim().to_ascii_lowercase())
             .filter(|name| !name.is_empty())
             .collect();
-        for name in STRIPPED_REQUEST_HEADERS.iter().copied().chain(listed.iter().map(String::as_str)) {
+        for name in STRIPPED_REQUEST_HEADERS
+            .iter()
+            .copied()
+            .chain(listed.iter().map(String::as_str))
+        {
             upstream_request.remove_header(name);
         }
         let Some(admitted) = ctx.admitted.as_ref() else {
-            return Error::e_explain(ErrorType::InternalError, "forwarding without admission record");
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "forwarding without admission record",
+            );
         };
         upstream_request.insert_header("Content-Length", ctx.body_len.to_string())?;
         upstream_request.insert_header("X-Forwarded-For", admitted.client.to_string())?;
         upstream_request.insert_header(
             "X-Forwarded-Proto",
-            if admitted.plain_listener { "http" } else { "https" },
+            if admitted.plain_listener {
+                "http"
+            } else {
+                "https"
+            },
         )?;
         upstream_request.insert_header("X-Request-Id", admitted.request_id.as_str())?;
         upstream_request.insert_header("Authorization", self.authorization.as_str())?;
@@ -306,7 +331,12 @@ impl ProxyHttp for GatewayProxy {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Self::CTX) -> FailToProxy
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut Self::CTX,
+    ) -> FailToProxy
     where
         Self::CTX: Send + Sync,
     {

@@ -105,12 +105,18 @@ mod tests {
         let (peer, len) = parse_header(b"PROXY TCP4 40.92.0.1 10.0.0.1 51000 443\r\nTLS...")
             .unwrap()
             .unwrap();
-        assert_eq!(peer, ProxiedPeer::Client("40.92.0.1:51000".parse().unwrap()));
+        assert_eq!(
+            peer,
+            ProxiedPeer::Client("40.92.0.1:51000".parse().unwrap())
+        );
         assert_eq!(len, "PROXY TCP4 40.92.0.1 10.0.0.1 51000 443\r\n".len());
         let (peer, _) = parse_header(b"PROXY TCP6 2603:1026::5 ::1 51000 443\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!(peer, ProxiedPeer::Client("[2603:1026::5]:51000".parse().unwrap()));
+        assert_eq!(
+            peer,
+            ProxiedPeer::Client("[2603:1026::5]:51000".parse().unwrap())
+        );
         let (peer, _) = parse_header(b"PROXY UNKNOWN\r\n").unwrap().unwrap();
         assert_eq!(peer, ProxiedPeer::Local);
     }
@@ -120,14 +126,20 @@ mod tests {
         let header = ppp::v2::Builder::with_addresses(
             ppp::v2::Version::Two | ppp::v2::Command::Proxy,
             ppp::v2::Protocol::Stream,
-            ("40.92.0.1:51000".parse::<SocketAddr>().unwrap(), "10.0.0.1:443".parse::<SocketAddr>().unwrap()),
+            (
+                "40.92.0.1:51000".parse::<SocketAddr>().unwrap(),
+                "10.0.0.1:443".parse::<SocketAddr>().unwrap(),
+            ),
         )
         .build()
         .unwrap();
         let mut bytes = header.clone();
         bytes.extend_from_slice(b"\x16\x03\x01");
         let (peer, len) = parse_header(&bytes).unwrap().unwrap();
-        assert_eq!(peer, ProxiedPeer::Client("40.92.0.1:51000".parse().unwrap()));
+        assert_eq!(
+            peer,
+            ProxiedPeer::Client("40.92.0.1:51000".parse().unwrap())
+        );
         assert_eq!(len, header.len());
 
         let local = ppp::v2::Builder::with_addresses(
@@ -143,17 +155,29 @@ mod tests {
     #[test]
     fn partial_and_invalid() {
         assert_eq!(parse_header(b"PROXY TCP4 40.92"), Ok(None));
-        assert_eq!(parse_header(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"), Err(ProxyHeaderError::Invalid));
-        assert_eq!(parse_header(b"GET / HTTP/1.1\r\n\r\n"), Err(ProxyHeaderError::Invalid));
+        assert_eq!(
+            parse_header(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
+            Err(ProxyHeaderError::Invalid)
+        );
+        assert_eq!(
+            parse_header(b"GET / HTTP/1.1\r\n\r\n"),
+            Err(ProxyHeaderError::Invalid)
+        );
     }
 
     #[tokio::test]
     async fn read_returns_leftover_bytes() {
         let mut input: &[u8] = b"PROXY TCP4 40.92.0.1 10.0.0.1 51000 443\r\nHELLO";
         let (peer, rest) = read_header(&mut input).await.unwrap();
-        assert_eq!(peer, ProxiedPeer::Client("40.92.0.1:51000".parse().unwrap()));
+        assert_eq!(
+            peer,
+            ProxiedPeer::Client("40.92.0.1:51000".parse().unwrap())
+        );
         assert_eq!(rest, b"HELLO");
         let mut closed: &[u8] = b"PROXY TCP4";
-        assert_eq!(read_header(&mut closed).await, Err(ProxyHeaderError::Closed));
+        assert_eq!(
+            read_header(&mut closed).await,
+            Err(ProxyHeaderError::Closed)
+        );
     }
 }

@@ -140,10 +140,7 @@ pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 /// Header values with the given name (ASCII case-insensitive), in order.
-pub fn find_all<'h>(
-    head: &'h Head<'_>,
-    name: &'static str,
-) -> impl Iterator<Item = &'h [u8]> + 'h {
+pub fn find_all<'h>(head: &'h Head<'_>, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
     head.headers
         .iter()
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
@@ -193,9 +190,9 @@ fn parse_decimal(value: &[u8]) -> Option<u64> {
     if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    value
-        .iter()
-        .try_fold(0u64, |acc, &d| acc.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    value.iter().try_fold(0u64, |acc, &d| {
+        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 fn check_host(head: &Head<'_>) -> Result<(), Reject> {
@@ -206,9 +203,9 @@ fn check_host(head: &Head<'_>) -> Result<(), Reject> {
         Some(value) => {
             let value = trim_ows(value);
             let sane = !value.is_empty()
-                && value
-                    .iter()
-                    .all(|&b| b.is_ascii_graphic() && !matches!(b, b'@' | b'/' | b'\\' | b'?' | b'#'));
+                && value.iter().all(|&b| {
+                    b.is_ascii_graphic() && !matches!(b, b'@' | b'/' | b'\\' | b'?' | b'#')
+                });
             if sane {
                 Ok(())
             } else {
@@ -281,7 +278,9 @@ pub fn check_content_type(head: &Head<'_>) -> Result<(), Reject> {
             [b'"', inner @ .., b'"'] => inner,
             other => other,
         };
-        if charset_seen || !name.eq_ignore_ascii_case(b"charset") || !value.eq_ignore_ascii_case(b"utf-8")
+        if charset_seen
+            || !name.eq_ignore_ascii_case(b"charset")
+            || !value.eq_ignore_ascii_case(b"utf-8")
         {
             return Err(Reject::UnsupportedMediaType);
         }
@@ -381,7 +380,11 @@ mod tests {
 
     #[test]
     fn exchange_request_is_a_notification() {
-        let route = run("POST", "/Webservices/SyncNotification.svc?Default", &exchange_headers());
+        let route = run(
+            "POST",
+            "/Webservices/SyncNotification.svc?Default",
+            &exchange_headers(),
+        );
         assert_eq!(
             route,
             Ok(Route::Notification(NotificationHead {
@@ -399,7 +402,13 @@ mod tests {
             "/webservices/syncnotification.svc",
             "/api/webhooks/exchange?tenant=contoso.eu-1",
         ] {
-            assert!(matches!(run("POST", path, &exchange_headers()), Ok(Route::Notification(_))), "{path}");
+            assert!(
+                matches!(
+                    run("POST", path, &exchange_headers()),
+                    Ok(Route::Notification(_))
+                ),
+                "{path}"
+            );
         }
     }
 
@@ -416,17 +425,36 @@ mod tests {
             "http://h/Webservices/SyncNotification.svc",
             "/api/webhooks/graph",
         ] {
-            assert_eq!(run("POST", path, &exchange_headers()), Err(Reject::NotFound), "{path}");
+            assert_eq!(
+                run("POST", path, &exchange_headers()),
+                Err(Reject::NotFound),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn tenant_query_rules() {
-        let ok = |q: &str| run("POST", &format!("/api/webhooks/exchange?{q}"), &exchange_headers());
+        let ok = |q: &str| {
+            run(
+                "POST",
+                &format!("/api/webhooks/exchange?{q}"),
+                &exchange_headers(),
+            )
+        };
         assert!(ok("Default").is_ok());
         assert!(ok("tenant=a.b_c-9").is_ok());
         assert!(ok(&"a".repeat(64)).is_ok());
-        for bad in ["", "tenant=", &"a".repeat(65), "a%20b", "a b", "tenant=x&y=z", "x=1", "ä"] {
+        for bad in [
+            "",
+            "tenant=",
+            &"a".repeat(65),
+            "a%20b",
+            "a b",
+            "tenant=x&y=z",
+            "x=1",
+            "ä",
+        ] {
             assert_eq!(ok(bad), Err(Reject::BadTenant), "{bad:?}");
         }
     }
@@ -434,17 +462,34 @@ mod tests {
     #[test]
     fn methods() {
         let p = "/Webservices/SyncNotification.svc";
-        assert_eq!(run("GET", p, &[("Host", "h")]), Ok(Route::ConfirmationPage { head_only: false }));
-        assert_eq!(run("HEAD", p, &[("Host", "h")]), Ok(Route::ConfirmationPage { head_only: true }));
-        for method in ["PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "post"] {
-            assert_eq!(run(method, p, &exchange_headers()), Err(Reject::MethodNotAllowed(ALLOWED_METHODS)));
+        assert_eq!(
+            run("GET", p, &[("Host", "h")]),
+            Ok(Route::ConfirmationPage { head_only: false })
+        );
+        assert_eq!(
+            run("HEAD", p, &[("Host", "h")]),
+            Ok(Route::ConfirmationPage { head_only: true })
+        );
+        for method in [
+            "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "CONNECT", "post",
+        ] {
+            assert_eq!(
+                run(method, p, &exchange_headers()),
+                Err(Reject::MethodNotAllowed(ALLOWED_METHODS))
+            );
         }
-        assert_eq!(run("GET", "/healthz", &[("Host", "h")]), Ok(Route::Health { head_only: false }));
+        assert_eq!(
+            run("GET", "/healthz", &[("Host", "h")]),
+            Ok(Route::Health { head_only: false })
+        );
         assert_eq!(
             run("POST", "/healthz", &[("Host", "h")]),
             Err(Reject::MethodNotAllowed(HEALTH_ALLOWED_METHODS))
         );
-        assert_eq!(run("GET", "/healthz?x", &[("Host", "h")]), Err(Reject::NotFound));
+        assert_eq!(
+            run("GET", "/healthz?x", &[("Host", "h")]),
+            Err(Reject::NotFound)
+        );
     }
 
     #[test]
@@ -473,8 +518,16 @@ mod tests {
     #[test]
     fn content_type_rules() {
         let p = "/api/webhooks/exchange";
-        for good in ["text/xml", "text/xml; charset=utf-8", "TEXT/XML;charset=\"UTF-8\"", "text/xml ;\tcharset=utf-8"] {
-            assert!(run("POST", p, &with(&[("Content-Type", Some(good))])).is_ok(), "{good}");
+        for good in [
+            "text/xml",
+            "text/xml; charset=utf-8",
+            "TEXT/XML;charset=\"UTF-8\"",
+            "text/xml ;\tcharset=utf-8",
+        ] {
+            assert!(
+                run("POST", p, &with(&[("Content-Type", Some(good))])).is_ok(),
+                "{good}"
+            );
         }
         for bad in [
             None,
@@ -510,10 +563,16 @@ mod tests {
     #[test]
     fn framing_rules() {
         let p = "/api/webhooks/exchange";
-        let chunked = with(&[("Content-Length", None), ("Transfer-Encoding", Some("chunked"))]);
+        let chunked = with(&[
+            ("Content-Length", None),
+            ("Transfer-Encoding", Some("chunked")),
+        ]);
         assert!(matches!(
             run("POST", p, &chunked),
-            Ok(Route::Notification(NotificationHead { framing: BodyFraming::Chunked, .. }))
+            Ok(Route::Notification(NotificationHead {
+                framing: BodyFraming::Chunked,
+                ..
+            }))
         ));
         assert_eq!(
             run("POST", p, &with(&[("Transfer-Encoding", Some("chunked"))])),
@@ -521,8 +580,19 @@ mod tests {
         );
         let mut two_lengths = exchange_headers();
         two_lengths.push(("Content-Length", "2020"));
-        assert_eq!(run("POST", p, &two_lengths), Err(Reject::DuplicateContentLength));
-        for bad in ["-1", "+5", "5, 5", "0x10", "", "1 0", "99999999999999999999"] {
+        assert_eq!(
+            run("POST", p, &two_lengths),
+            Err(Reject::DuplicateContentLength)
+        );
+        for bad in [
+            "-1",
+            "+5",
+            "5, 5",
+            "0x10",
+            "",
+            "1 0",
+            "99999999999999999999",
+        ] {
             assert_eq!(
                 run("POST", p, &with(&[("Content-Length", Some(bad))])),
                 Err(Reject::BadContentLength),
@@ -531,18 +601,28 @@ mod tests {
         }
         for bad in ["gzip, chunked", "chunked, chunked", "identity", "xchunked"] {
             assert_eq!(
-                run("POST", p, &with(&[("Content-Length", None), ("Transfer-Encoding", Some(bad))])),
+                run(
+                    "POST",
+                    p,
+                    &with(&[("Content-Length", None), ("Transfer-Encoding", Some(bad))])
+                ),
                 Err(Reject::BadTransferEncoding),
                 "{bad:?}"
             );
         }
-        let mut two_te = with(&[("Content-Length", None), ("Transfer-Encoding", Some("chunked"))]);
+        let mut two_te = with(&[
+            ("Content-Length", None),
+            ("Transfer-Encoding", Some("chunked")),
+        ]);
         two_te.push(("Transfer-Encoding", "chunked"));
         assert_eq!(run("POST", p, &two_te), Err(Reject::BadTransferEncoding));
         // No length and no chunking: an empty body (which the validator then refuses).
         assert!(matches!(
             run("POST", p, &with(&[("Content-Length", None)])),
-            Ok(Route::Notification(NotificationHead { framing: BodyFraming::Length(0), .. }))
+            Ok(Route::Notification(NotificationHead {
+                framing: BodyFraming::Length(0),
+                ..
+            }))
         ));
     }
 
@@ -563,24 +643,42 @@ mod tests {
     #[test]
     fn host_upgrade_expect() {
         let p = "/api/webhooks/exchange";
-        assert_eq!(run("POST", p, &with(&[("Host", None)])), Err(Reject::BadHost));
-        assert_eq!(run("POST", p, &with(&[("Host", Some("a@b"))])), Err(Reject::BadHost));
+        assert_eq!(
+            run("POST", p, &with(&[("Host", None)])),
+            Err(Reject::BadHost)
+        );
+        assert_eq!(
+            run("POST", p, &with(&[("Host", Some("a@b"))])),
+            Err(Reject::BadHost)
+        );
         let mut two_hosts = exchange_headers();
         two_hosts.push(("Host", "other"));
         assert_eq!(run("POST", p, &two_hosts), Err(Reject::BadHost));
-        assert_eq!(run("POST", p, &with(&[("Upgrade", Some("h2c"))])), Err(Reject::UpgradeNotAllowed));
+        assert_eq!(
+            run("POST", p, &with(&[("Upgrade", Some("h2c"))])),
+            Err(Reject::UpgradeNotAllowed)
+        );
         assert!(matches!(
             run("POST", p, &with(&[("Expect", Some("100-continue"))])),
-            Ok(Route::Notification(NotificationHead { expect_continue: true, .. }))
+            Ok(Route::Notification(NotificationHead {
+                expect_continue: true,
+                ..
+            }))
         ));
-        assert_eq!(run("POST", p, &with(&[("Expect", Some("200-ok"))])), Err(Reject::BadExpect));
+        assert_eq!(
+            run("POST", p, &with(&[("Expect", Some("200-ok"))])),
+            Err(Reject::BadExpect)
+        );
     }
 
     #[test]
     fn framing_is_checked_before_the_path() {
         let mut smuggle = exchange_headers();
         smuggle.push(("Transfer-Encoding", "chunked"));
-        assert_eq!(run("POST", "/nowhere", &smuggle), Err(Reject::ConflictingFraming));
+        assert_eq!(
+            run("POST", "/nowhere", &smuggle),
+            Err(Reject::ConflictingFraming)
+        );
     }
 
     #[test]

@@ -147,7 +147,11 @@ pub struct CertWatcher {
 }
 
 impl CertWatcher {
-    pub fn new(resolver: Arc<ReloadingCertResolver>, cert_path: PathBuf, key_path: PathBuf) -> Self {
+    pub fn new(
+        resolver: Arc<ReloadingCertResolver>,
+        cert_path: PathBuf,
+        key_path: PathBuf,
+    ) -> Self {
         let loaded = (file_stamp(&cert_path), file_stamp(&key_path));
         Self {
             resolver,
@@ -184,14 +188,21 @@ impl CertWatcher {
 
 /// A throw-away self-signed certificate for the given DNS names and IP addresses, as PEM
 /// (certificate, private key). For the demo and tests; production certificates come from a CA.
-pub fn self_signed(names: &[&str], ips: &[std::net::IpAddr]) -> Result<(String, String), rcgen::Error> {
-    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+pub fn self_signed(
+    names: &[&str],
+    ips: &[std::net::IpAddr],
+) -> Result<(String, String), rcgen::Error> {
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     for ip in ips {
-        params.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress(*ip));
     }
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("pushgate"));
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        names.first().copied().unwrap_or("pushgate"),
+    );
     let key = rcgen::KeyPair::generate()?;
     let cert = params.self_signed(&key)?;
     Ok((cert.pem(), key.serialize_pem()))

@@ -130,10 +130,16 @@ mod tests {
         let ok = std::str::from_utf8(result_envelope(SubscriptionStatus::Ok)).unwrap();
         assert_eq!(read_result(ok.replace(">OK<", ">ok<").as_bytes()), None);
         let unsub = std::str::from_utf8(result_envelope(SubscriptionStatus::Unsubscribe)).unwrap();
-        assert_eq!(read_result(unsub.replace("Unsubscribe<", "UNSUBSCRIBE<").as_bytes()), None);
+        assert_eq!(
+            read_result(unsub.replace("Unsubscribe<", "UNSUBSCRIBE<").as_bytes()),
+            None
+        );
         assert_eq!(read_result(b""), None);
         assert_eq!(read_result(&[b' '; 1024]), None);
-        assert_eq!(read_result(ok.replace("</s:Envelope>", "").as_bytes()), None);
+        assert_eq!(
+            read_result(ok.replace("</s:Envelope>", "").as_bytes()),
+            None
+        );
     }
 
     #[test]

@@ -133,7 +133,9 @@ impl EventKind {
     }
 
     pub fn from_str_name(name: &str) -> Option<EventKind> {
-        EventKind::ALL.into_iter().find(|kind| kind.as_str() == name)
+        EventKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 
     /// Moved and Copied events carry the old ids.

@@ -33,9 +33,15 @@ impl std::fmt::Display for Rejection {
 }
 
 pub fn validate(_body: &[u8], _limits: &Limits) -> Result<Summary, Rejection> {
-    Err(Rejection { kind: RejectionKind::NotWellFormed, detail: "validator not built yet".into() })
+    Err(Rejection {
+        kind: RejectionKind::NotWellFormed,
+        detail: "validator not built yet".into(),
+    })
 }
 
 pub fn parse(_body: &[u8], _limits: &Limits) -> Result<Notification, Rejection> {
-    Err(Rejection { kind: RejectionKind::NotWellFormed, detail: "validator not built yet".into() })
+    Err(Rejection {
+        kind: RejectionKind::NotWellFormed,
+        detail: "validator not built yet".into(),
+    })
 }

@@ -134,7 +134,12 @@ impl CountingUpstream {
                     let headers: Vec<(String, String)> = request
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_string(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
                     let length = headers
                         .iter()
@@ -345,9 +350,12 @@ impl Harness {
 
     /// POSTs `body` as Exchange does, from an allowed source.
     pub async fn post(&self, body: &[u8]) -> RawResponse {
-        self.send(ALLOWED, &client::notification_request(LEGACY_PATH, "localhost", body))
-            .await
-            .expect("gateway answers")
+        self.send(
+            ALLOWED,
+            &client::notification_request(LEGACY_PATH, "localhost", body),
+        )
+        .await
+        .expect("gateway answers")
     }
 
     pub fn ranges_path(&self) -> &Path {
@@ -387,7 +395,9 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
     text.lines()
         .find_map(|line| {
             let (name, value) = line.rsplit_once(' ')?;
-            (name == sample).then(|| value.parse::<f64>().ok()).flatten()
+            (name == sample)
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
         })
         .unwrap_or(0.0)
 }
