@@ -100,11 +100,18 @@ pub enum ConfigCommand {
     },
 }
 
+/// Exit status for a configuration that cannot be used.
+const EXIT_BAD_CONFIG: u8 = 2;
+
 /// Loads the configuration or prints the one-line reason it cannot be used.
 fn load_config(path: Option<&Path>) -> Result<Config, ExitCode> {
+    load_config_or(path, EXIT_BAD_CONFIG)
+}
+
+fn load_config_or(path: Option<&Path>, status: u8) -> Result<Config, ExitCode> {
     Config::load(path).map_err(|e| {
         eprintln!("pushgate: {e}");
-        ExitCode::from(2)
+        ExitCode::from(status)
     })
 }
 
@@ -120,7 +127,19 @@ fn exit_on_error(result: anyhow::Result<()>) -> ExitCode {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version are not errors; a usage error exits 1 ("anything else" for cron),
+            // never 2, which `ranges update` reserves for an unreachable feed.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Command::Gateway { config } => {
             let config = match load_config(config.as_deref()) {
@@ -153,7 +172,8 @@ pub fn main() -> ExitCode {
                 version,
                 verbose,
             } => {
-                let config = match load_config(config.as_deref()) {
+                // For cron, 2 means "feed unreachable"; a bad configuration is "anything else".
+                let config = match load_config_or(config.as_deref(), crate::ranges::EXIT_OTHER) {
                     Ok(config) => config,
                     Err(code) => return code,
                 };

@@ -9,10 +9,11 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_worker_gives_502() {
-    // A port nobody listens on.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = closed.local_addr().unwrap();
-    drop(closed);
+    // A port bound but never listening: held for the test (so no other test can take it), and
+    // every connection to it is refused.
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = reserved.local_addr().unwrap();
     let h = Harness::with(Options {
         upstream: Some(format!("http://{addr}")),
         ..Options::default()
@@ -20,6 +21,7 @@ async fn unreachable_worker_gives_502() {
     .await;
     let response = h.post(&fixture("exo-capture.xml")).await;
     assert_eq!(response.status, 502);
+    drop(reserved);
     assert!(response.header("server").is_none());
     assert_eq!(response.body, b"Bad Gateway\n");
     assert_eq!(

@@ -953,6 +953,37 @@ fn https_proxy_from_the_environment_is_asked_for_a_tunnel() {
     assert_eq!(seen[0].target, closed.to_string());
 }
 
+/// Cron pipes stdout into `logger`; if that reader is gone when the status line is written the
+/// write fails with EPIPE, and a plain `println!` would panic (exit 101) after a good update.
+#[test]
+fn a_vanished_stdout_reader_does_not_turn_success_into_a_crash() {
+    let site = Site::new("");
+    site.feed.version(VERSION_1);
+    site.feed.endpoints(Reply::json(ENDPOINTS));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "ranges",
+            "update",
+            "--config",
+            site.config.to_str().unwrap(),
+        ])
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("ALL_PROXY")
+        .env_remove("all_proxy")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the read end before the child gets to print (it fetches twice first).
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        read_ranges_file(&site.ranges_file()).unwrap().set.len(),
+        FEED_RANGES
+    );
+}
+
 #[test]
 fn configuration_error_exits_1() {
     let site = Site::new("max_shrink_percent = 150.0\n");

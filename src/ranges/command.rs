@@ -21,6 +21,23 @@ use super::{Refusal, UpdateError, EXIT_FEED, EXIT_OK, EXIT_REFUSED};
 use crate::allowlist::{read_ranges_file, AllowlistError, CidrSet, RangesFile};
 use crate::config::{parse_cidrs, Config, RangesConfig};
 
+/// `println!` without the panic: cron may run the command with stdout closed, or piped into a
+/// `logger` that has gone away, and a lost status line must not turn into exit status 101.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` without the panic, for the same reason.
+macro_rules! complain {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 /// Options of `pushgate ranges update`.
 #[derive(Debug, Clone, Default)]
 pub struct UpdateOptions {
@@ -83,12 +100,12 @@ pub fn run_update(config: &Config, options: &UpdateOptions) -> u8 {
     let verbose = options.verbose;
     let mut note = |line: &str| {
         if verbose {
-            println!("{line}");
+            say!("{line}");
         }
     };
     match update(config, options, &mut note) {
         Ok(outcome) => {
-            println!("{}", outcome.summary());
+            say!("{}", outcome.summary());
             EXIT_OK
         }
         Err(error) => {
@@ -98,7 +115,7 @@ pub fn run_update(config: &Config, options: &UpdateOptions) -> u8 {
                 }
                 _ => String::new(),
             };
-            eprintln!("pushgate ranges update: {error}{kept}");
+            complain!("pushgate ranges update: {error}{kept}");
             error.exit_code()
         }
     }
@@ -286,7 +303,7 @@ fn read_current(path: &Path) -> Option<RangesFile> {
             None
         }
         Err(error) => {
-            eprintln!(
+            complain!(
                 "pushgate ranges update: warning: {error}; replacing it without a shrink check"
             );
             None
@@ -334,28 +351,28 @@ pub const CHECK_BAD_INPUT: u8 = 2;
 /// or unreadable ranges file.
 pub fn run_check(config: &Config, address: &str) -> u8 {
     let Some(ip) = parse_address(address) else {
-        eprintln!("pushgate ranges check: {address:?} is not an IPv4 or IPv6 address");
+        complain!("pushgate ranges check: {address:?} is not an IPv4 or IPv6 address");
         return CHECK_BAD_INPUT;
     };
     let path = &config.gateway.ranges_file;
     let file = match read_ranges_file(path) {
         Ok(file) => file,
         Err(error) => {
-            eprintln!("pushgate ranges check: {error}");
+            complain!("pushgate ranges check: {error}");
             return CHECK_BAD_INPUT;
         }
     };
     let version = file.version().unwrap_or(crate::allowlist::UNKNOWN_VERSION);
     if file.set.contains(ip) {
         let matching: Vec<String> = file.set.matching(ip).iter().map(IpNet::to_string).collect();
-        println!(
+        say!(
             "{ip} is admitted by {} ({}, version {version})",
             matching.join(", "),
             path.display()
         );
         CHECK_ADMITTED
     } else {
-        println!(
+        say!(
             "{ip} is not admitted: none of the {} ranges in {} (version {version}) lists it",
             file.set.len(),
             path.display()
