@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod exchange_sim;
+pub mod filestamp;
 pub mod gateway;
 pub mod metrics;
 pub mod notification;

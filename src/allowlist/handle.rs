@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use arc_swap::{ArcSwap, Guard};
 use tokio::task::JoinHandle;
 
+use crate::filestamp::FileStamp;
+
 use super::{read_ranges_file, AllowlistError, AllowlistMetrics, CidrSet, RangesHeader};
 
 /// One loaded ranges file. Immutable: a reload builds a new one and swaps the pointer, so a
@@ -39,17 +41,6 @@ pub enum ReloadOutcome {
         entries: usize,
         version: Option<String>,
     },
-}
-
-/// Identity of the file's current content as far as `stat` can tell. Compared, never ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    /// Status change time: moves on rename and chmod too (0 where the platform has none).
-    changed_nanos: i128,
-    len: u64,
-    device: u64,
-    inode: u64,
 }
 
 /// What the last check saw at the path.
@@ -83,7 +74,7 @@ impl Allowlist {
         metrics: AllowlistMetrics,
     ) -> Result<Self, AllowlistError> {
         let path = path.into();
-        let observed = observe(&path).map_err(|source| AllowlistError::Io {
+        let observed = FileStamp::of(&path).map_err(|source| AllowlistError::Io {
             path: path.clone(),
             source,
         })?;
@@ -134,7 +125,7 @@ impl Allowlist {
             .last_observed
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let observed = match observe(&shared.path) {
+        let observed = match FileStamp::of(&shared.path) {
             Ok(stamp) => Observed::File(stamp),
             Err(error) => Observed::StatFailed(error.kind()),
         };
@@ -224,25 +215,6 @@ fn read_loaded(path: &Path) -> Result<Loaded, AllowlistError> {
         header: file.header,
         loaded_at: SystemTime::now(),
         path: path.to_path_buf(),
-    })
-}
-
-fn observe(path: &Path) -> io::Result<FileStamp> {
-    let meta = std::fs::metadata(path)?;
-    #[cfg(unix)]
-    let (device, inode, changed_nanos) = {
-        use std::os::unix::fs::MetadataExt;
-        let changed = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
-        (meta.dev(), meta.ino(), changed)
-    };
-    #[cfg(not(unix))]
-    let (device, inode, changed_nanos) = (0, 0, 0);
-    Ok(FileStamp {
-        modified: meta.modified().ok(),
-        changed_nanos,
-        len: meta.len(),
-        device,
-        inode,
     })
 }
 

@@ -165,70 +165,16 @@ async fn serve_connection(
 
     let deadline = Instant::now() + shared.handshake_timeout;
     // The address the connection speaks for, as far as the transport can tell.
-    let mut source = peer.ip();
-    if shared.proxy_protocol && class == PeerClass::TrustedProxy {
-        match tokio::time::timeout_at(deadline.into(), read_header(&mut l4)).await {
-            Ok(Ok((proxied, leftover))) => {
-                l4.rewind(&leftover);
-                if let ProxiedPeer::Client(client) = proxied {
-                    source = client.ip();
-                    if !shared.admits(source) && !shared.probes.contains(source) {
-                        shared
-                            .metrics
-                            .connections_rejected
-                            .with_label_values(&["source_not_allowed"])
-                            .inc();
-                        shared.connection_log.note("source_not_allowed", client);
-                        return;
-                    }
-                }
-            }
-            Ok(Err(e)) => {
-                shared
-                    .metrics
-                    .connections_rejected
-                    .with_label_values(&["proxy_protocol"])
-                    .inc();
-                tracing::warn!(%peer, error = %e, "trusted proxy sent no valid PROXY header");
-                return;
-            }
-            Err(_elapsed) => {
-                shared
-                    .metrics
-                    .connections_rejected
-                    .with_label_values(&["proxy_protocol"])
-                    .inc();
-                tracing::warn!(%peer, "trusted proxy sent no PROXY header in time");
-                return;
-            }
+    let source = if shared.proxy_protocol && class == PeerClass::TrustedProxy {
+        match proxied_source(&mut l4, peer, deadline, shared).await {
+            Some(source) => source,
+            None => return,
         }
-    }
-
-    let mut stream: Stream = match tls {
-        Some(acceptor) => {
-            match tokio::time::timeout_at(deadline.into(), acceptor.tls_handshake(l4)).await {
-                Ok(Ok(tls_stream)) => Box::new(tls_stream),
-                Ok(Err(e)) => {
-                    shared
-                        .metrics
-                        .tls_handshake_failures
-                        .with_label_values(&["error"])
-                        .inc();
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_elapsed) => {
-                    shared
-                        .metrics
-                        .tls_handshake_failures
-                        .with_label_values(&["timeout"])
-                        .inc();
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            }
-        }
-        None => Box::new(l4),
+    } else {
+        peer.ip()
+    };
+    let Some(mut stream) = handshake(l4, tls, peer, deadline, shared).await else {
+        return;
     };
     let tls_version = stream.get_ssl_digest().map(|d| d.version.to_string());
     let plain_listener = tls_version.is_none();
@@ -322,6 +268,75 @@ async fn serve_connection(
         digest.proxy_digest = Some(Arc::new(record));
     }
     let _reusable = proxy.process_new_http(session, shutdown).await;
+}
+
+/// Reads a trusted balancer's PROXY header; the client it names (or the balancer itself for
+/// `LOCAL`), `None` when the connection must be closed.
+async fn proxied_source(
+    l4: &mut L4Stream,
+    peer: SocketAddr,
+    deadline: Instant,
+    shared: &Shared,
+) -> Option<IpAddr> {
+    let refuse = |reason: &'static str, detail: &str| {
+        shared
+            .metrics
+            .connections_rejected
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(%peer, detail, "connection from trusted proxy refused");
+    };
+    match tokio::time::timeout_at(deadline.into(), read_header(&mut *l4)).await {
+        Ok(Ok((proxied, leftover))) => {
+            l4.rewind(&leftover);
+            let ProxiedPeer::Client(client) = proxied else {
+                return Some(peer.ip());
+            };
+            if shared.admits(client.ip()) || shared.probes.contains(client.ip()) {
+                return Some(client.ip());
+            }
+            shared
+                .metrics
+                .connections_rejected
+                .with_label_values(&["source_not_allowed"])
+                .inc();
+            shared.connection_log.note("source_not_allowed", client);
+            None
+        }
+        Ok(Err(e)) => {
+            refuse("proxy_protocol", &e.to_string());
+            None
+        }
+        Err(_elapsed) => {
+            refuse("proxy_protocol", "no PROXY header in time");
+            None
+        }
+    }
+}
+
+/// Completes the TLS handshake (or takes the plain stream as is) before the deadline.
+async fn handshake(
+    l4: L4Stream,
+    tls: Option<Arc<Acceptor>>,
+    peer: SocketAddr,
+    deadline: Instant,
+    shared: &Shared,
+) -> Option<Stream> {
+    let Some(acceptor) = tls else {
+        return Some(Box::new(l4));
+    };
+    let failure = match tokio::time::timeout_at(deadline.into(), acceptor.tls_handshake(l4)).await {
+        Ok(Ok(tls_stream)) => return Some(Box::new(tls_stream)),
+        Ok(Err(e)) => ("error", e.to_string()),
+        Err(_elapsed) => ("timeout", "deadline passed".to_string()),
+    };
+    shared
+        .metrics
+        .tls_handshake_failures
+        .with_label_values(&[failure.0])
+        .inc();
+    tracing::debug!(%peer, reason = failure.0, detail = failure.1, "TLS handshake failed");
+    None
 }
 
 /// What the head said: the route (or refusal) and what the log needs.

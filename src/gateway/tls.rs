@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+
+use crate::filestamp::FileStamp;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -107,25 +108,6 @@ pub fn server_config(resolver: Arc<ReloadingCertResolver>) -> Result<Arc<ServerC
     Ok(Arc::new(config))
 }
 
-/// What identifies a version of a file on disk for change detection: renames (certbot,
-/// Kubernetes secrets) change the inode, in-place writes change size or mtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-pub fn file_stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: meta.modified().ok(),
-        len: meta.len(),
-        inode: meta.ino(),
-    })
-}
-
 /// Outcome of one look at the certificate files, for the caller's metrics and log.
 #[derive(Debug)]
 pub enum CertCheck {
@@ -152,7 +134,10 @@ impl CertWatcher {
         cert_path: PathBuf,
         key_path: PathBuf,
     ) -> Self {
-        let loaded = (file_stamp(&cert_path), file_stamp(&key_path));
+        let loaded = (
+            FileStamp::of(&cert_path).ok(),
+            FileStamp::of(&key_path).ok(),
+        );
         Self {
             resolver,
             cert_path,
@@ -163,7 +148,10 @@ impl CertWatcher {
     }
 
     pub fn check(&mut self) -> CertCheck {
-        let stamps = (file_stamp(&self.cert_path), file_stamp(&self.key_path));
+        let stamps = (
+            FileStamp::of(&self.cert_path).ok(),
+            FileStamp::of(&self.key_path).ok(),
+        );
         if stamps == self.loaded {
             return CertCheck::Unchanged;
         }
