@@ -1,6 +1,7 @@
 //! Allowlist speed: lookups in a 10,000-range set (target: under 100 ns, IPv4 and IPv6), and
 //! building and swapping in a 10,000-range set (target: under 10 ms).
 //! Run: `cargo bench --bench allowlist`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -1,5 +1,6 @@
 //! Every fixture of `tests/fixtures/notifications/` through the real gateway (TLS on loopback)
 //! with its listed verdict: valid ones reach the upstream byte for byte, the rest never do.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod common;
 

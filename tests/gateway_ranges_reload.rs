@@ -1,6 +1,7 @@
 //! The gateway under steady load while its ranges file is replaced 50 times: no request fails
 //! because of a swap, broken files in between are refused and counted, and a denied address
 //! becomes admitted once its range appears.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Every request rule of the gateway, accepted and refused, through real TLS on loopback in front
 //! of a real counting upstream. Each refusal also proves the upstream never saw the request.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod common;
 

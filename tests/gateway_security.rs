@@ -1,6 +1,7 @@
 //! Hostile inputs against the real gateway on loopback: entity bombs, deep nesting, huge and slow
 //! bodies, slowloris heads, request smuggling shapes, forged forwarding headers, denied sources,
 //! PROXY protocol. Every refusal also proves the upstream never saw the request.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! TLS of the gateway: protocol versions, and a certificate replaced on disk while connections are
 //! open (new handshakes get the new one, open connections carry on, a broken pair is refused).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The worker side of the gateway: 502 when the worker is unreachable or hangs up, 504 when it
 //! does not answer within `upstream_timeout` (both make Exchange retry), graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod common;
 

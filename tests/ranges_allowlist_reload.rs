@@ -1,6 +1,7 @@
 //! The allowlist's hot reload with real files and real loopback connections: a tiny TCP
 //! acceptor admits or refuses each connection by its source address, as the gateway's
 //! connection filter does, while the ranges file is replaced 50 times underneath it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;

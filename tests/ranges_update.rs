@@ -1,6 +1,7 @@
 //! `pushgate ranges update` and `ranges check` run as cron runs them (the real binary, a real
 //! configuration file) against a loopback HTTP server that serves the captured Microsoft feed
 //! and broken variants of it. Nothing here connects anywhere but 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

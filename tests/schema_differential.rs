@@ -3,6 +3,7 @@
 //! is stricter on purpose (a rejection with `is_xsd_deviation()`) or for the documented
 //! Error-without-Notification deviation. Skips (with a reason) when xmllint or the schema is
 //! missing.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

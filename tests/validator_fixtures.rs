@@ -1,5 +1,6 @@
 //! Every notification fixture with the gateway's verdict, and the exact model `parse` builds
 //! from each valid one (see tests/fixtures/notifications and the fixture README).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::path::PathBuf;
 

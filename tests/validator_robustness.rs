@@ -1,5 +1,6 @@
 //! No body makes the validator panic: every truncation and many single-byte changes of every
 //! fixture get a verdict, and `parse` always agrees with `validate`.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use pushgate::notification::{parse, validate, Limits};
 

@@ -1,5 +1,6 @@
 //! `parse(notification_xml(n)) == n` over generated models: every event kind, optional fields on
 //! and off, strings that need escaping.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use pushgate::notification::{
     notification_xml, parse, validate, Event, EventKind, Limits, Notification, NotificationContent,
