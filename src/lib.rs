@@ -16,5 +16,6 @@ pub mod gateway;
 pub mod metrics;
 pub mod notification;
 pub mod ranges;
+pub mod store;
 pub mod telemetry;
 pub mod worker;

@@ -107,11 +107,11 @@ async fn ten_megabyte_bodies_are_refused_declared_or_chunked() {
     assert_eq!(response.status, 413);
     sender.abort();
     h.upstream.assert_untouched("10 MB bodies");
-    assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="body_too_large"}"#)
-            .await,
-        2.0
-    );
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="body_too_large"}"#,
+        2.0,
+    )
+    .await;
     h.stop().await;
 }
 
@@ -153,11 +153,11 @@ async fn slowloris_head_is_cut_off() {
     );
     // The header timeout fires inside the gateway at about 1 s, whatever the client notices later.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="rejected",reason="header_timeout"}"#)
-            .await,
-        1.0
-    );
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="header_timeout"}"#,
+        1.0,
+    )
+    .await;
     h.upstream.assert_untouched("slowloris");
     h.stop().await;
 }
@@ -324,11 +324,11 @@ async fn denied_source_is_closed_before_tls() {
         1,
     );
     assert!(h.send(DENIED, forged.as_bytes()).await.is_err());
-    assert_eq!(
-        h.metric(r#"pushgate_gateway_connections_rejected_total{reason="source_not_allowed"}"#)
-            .await,
-        2.0
-    );
+    h.wait_metric(
+        r#"pushgate_gateway_connections_rejected_total{reason="source_not_allowed"}"#,
+        2.0,
+    )
+    .await;
     h.upstream.assert_untouched("denied source");
     h.stop().await;
 }

@@ -25,11 +25,7 @@ async fn unreachable_worker_gives_502() {
     drop(reserved);
     assert!(response.header("server").is_none());
     assert_eq!(response.body, b"Bad Gateway\n");
-    assert_eq!(
-        h.metric(r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_unreachable"}"#)
-            .await,
-        1.0
-    );
+    h.wait_metric(r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_unreachable"}"#, 1.0).await;
     h.stop().await;
 }
 
@@ -55,13 +51,11 @@ async fn slow_worker_gives_504_before_exchange_gives_up() {
     let response = h.post(&fixture("exo-capture.xml")).await;
     assert_eq!(response.status, 504);
     assert!(started.elapsed() < Duration::from_secs(3));
-    assert_eq!(
-        h.metric(
-            r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_timeout"}"#
-        )
-        .await,
-        1.0
-    );
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="upstream_error",reason="upstream_timeout"}"#,
+        1.0,
+    )
+    .await;
     h.stop().await;
 }
 

@@ -176,7 +176,8 @@ async fn serve_connection(
     let Some(mut stream) = handshake(l4, tls, peer, deadline, shared).await else {
         return;
     };
-    let tls_version = stream.get_ssl_digest().map(|d| d.version.to_string());
+    // rustls names versions `TLSv1_3`; operators read `TLSv1.3`.
+    let tls_version = stream.get_ssl_digest().map(|d| d.version.replace('_', "."));
     let plain_listener = tls_version.is_none();
 
     let mut buf = BytesMut::with_capacity(2048);

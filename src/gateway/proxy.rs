@@ -389,16 +389,27 @@ impl ProxyHttp for GatewayProxy {
         };
         let seconds = finished.duration_since(admitted.head_done).as_secs_f64();
         self.shared.metrics.count_request(outcome, reason, seconds);
-        if outcome != "forwarded" {
-            tracing::info!(
+        let error_text = error.map(|e| e.to_string()).unwrap_or_default();
+        match outcome {
+            "forwarded" => {}
+            // The worker is unreachable or slow: an operator must look.
+            "upstream_error" | "internal_error" => tracing::error!(
+                request_id = admitted.request_id.as_str(),
+                client = %admitted.client,
+                status,
+                reason,
+                error = error_text,
+                "notification not delivered to the worker; Exchange will retry"
+            ),
+            _ => tracing::info!(
                 request_id = admitted.request_id.as_str(),
                 client = %admitted.client,
                 status,
                 outcome,
                 reason,
-                error = error.map(|e| e.to_string()).unwrap_or_default(),
+                error = error_text,
                 "request not forwarded"
-            );
+            ),
         }
         self.shared.access_log.write(&AccessRecord {
             time: now_rfc3339(),

@@ -1,4 +1,262 @@
-//! SCAFFOLD until the worker lands.
-pub fn run(_config: crate::config::Config) -> anyhow::Result<()> {
-    anyhow::bail!("worker not built yet")
+//! The worker (intranet side): the notification endpoint behind the gateway that stores every
+//! notification durably before it answers, the metrics and health listener, and the background
+//! jobs (backlog gauge, retention). Storage itself lives in `crate::store`.
+
+mod housekeeping;
+mod ingest;
+pub mod metrics;
+pub mod rules;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::notification::Limits;
+use crate::store::{self, EventStore, GroupCommitOptions, GroupCommitter};
+use ingest::IngestState;
+use metrics::WorkerMetrics;
+
+pub use ingest::MAX_BODY_BYTES;
+
+/// Timings the configuration file does not carry; [`start`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How often `pushgate_worker_backlog_events` is refreshed.
+    pub backlog_interval: Duration,
+    /// How often processed events older than `retention_days` are purged.
+    pub retention_interval: Duration,
+    /// Longest a request waits for its commit before it is answered 503 (below the gateway's
+    /// upstream timeout, far below Exchange's 60 s).
+    pub answer_timeout: Duration,
+    /// Time in-flight requests get to finish on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            backlog_interval: Duration::from_secs(5),
+            retention_interval: Duration::from_secs(3600),
+            answer_timeout: Duration::from_secs(25),
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A running worker.
+pub struct WorkerHandle {
+    pub listen_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+    metrics_server: JoinHandle<std::io::Result<()>>,
+    committer: JoinHandle<()>,
+    housekeeping: JoinHandle<()>,
+    store: Arc<dyn EventStore>,
+    grace: Duration,
+}
+
+/// Reads the token file, opens the database (running its migrations), binds both listeners
+/// (port 0 allowed) and spawns the tasks.
+pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
+    start_with(config, Tuning::default()).await
+}
+
+/// [`start`] with explicit timings.
+pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<WorkerHandle> {
+    let worker = &config.worker;
+    let token = crate::config::read_token_file(&worker.gateway_token_file)
+        .context("worker.gateway_token_file")?;
+    let listen: SocketAddr = worker
+        .listen
+        .parse()
+        .with_context(|| format!("worker.listen {:?} is not an address:port", worker.listen))?;
+    let metrics_listen: SocketAddr = worker.metrics_listen.parse().with_context(|| {
+        format!(
+            "worker.metrics_listen {:?} is not an address:port",
+            worker.metrics_listen
+        )
+    })?;
+    let store = store::open(&worker.database_url)
+        .await
+        .with_context(|| format!("opening {}", redact_url(&worker.database_url)))?;
+    let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
+
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding worker.listen {listen}"))?;
+    let metrics_listener = TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("binding worker.metrics_listen {metrics_listen}"))?;
+    let listen_addr = listener.local_addr().context("worker.listen address")?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .context("worker.metrics_listen address")?;
+
+    let (committer, committer_task) = GroupCommitter::spawn(
+        store.clone(),
+        GroupCommitOptions {
+            wait: worker.group_commit_wait,
+            max: worker.group_commit_max,
+            unknown: worker.unknown_subscriptions,
+        },
+        Some(metrics.clone()),
+    );
+    let state = Arc::new(IngestState {
+        token: rules::GatewayToken::new(&token),
+        limits: Limits::from(&config.validator),
+        committer,
+        metrics: metrics.clone(),
+        answer_timeout: tuning.answer_timeout,
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let app = axum::Router::new()
+        .fallback(ingest::handle)
+        .with_state(state);
+    let server = tokio::spawn(serve(listener, app, shutdown_rx.clone()));
+    let metrics_app = metrics::router(metrics.clone(), store.clone());
+    let metrics_server = tokio::spawn(serve(metrics_listener, metrics_app, shutdown_rx.clone()));
+    let housekeeping = tokio::spawn(housekeeping::run(
+        store.clone(),
+        metrics,
+        housekeeping::Schedule {
+            backlog_interval: tuning.backlog_interval,
+            retention_interval: tuning.retention_interval,
+            retention_days: worker.retention_days,
+        },
+        shutdown_rx,
+    ));
+    tracing::info!(
+        listen = %listen_addr,
+        metrics = %metrics_addr,
+        database = store.backend(),
+        unknown_subscriptions = ?worker.unknown_subscriptions,
+        "worker started"
+    );
+    Ok(WorkerHandle {
+        listen_addr,
+        metrics_addr,
+        shutdown,
+        server,
+        metrics_server,
+        committer: committer_task,
+        housekeeping,
+        store,
+        grace: tuning.shutdown_grace,
+    })
+}
+
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await
+}
+
+impl WorkerHandle {
+    /// Graceful stop: no new connections; requests in flight get their commit and answer
+    /// (bounded by the shutdown grace); queued commits finish; then the database is closed.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let mut server = self.server;
+        match tokio::time::timeout(self.grace, &mut server).await {
+            Ok(result) => result
+                .context("worker server task")?
+                .context("worker server")?,
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "requests still open after the grace period; closing them");
+                server.abort();
+            }
+        }
+        // The server held the last handles on the committer: it now drains its queue and ends.
+        self.committer.await.context("group committer task")?;
+        let mut metrics_server = self.metrics_server;
+        if tokio::time::timeout(self.grace, &mut metrics_server)
+            .await
+            .is_err()
+        {
+            metrics_server.abort();
+        }
+        let _ = self.housekeeping.await;
+        drop(self.store);
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+}
+
+/// Blocking entry point of `pushgate worker`: runs until SIGINT or SIGTERM, then shuts down
+/// gracefully.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("pushgate-worker")
+        .build()
+        .context("building the worker's runtime")?;
+    runtime.block_on(async move {
+        let handle = start(config).await?;
+        wait_for_stop_signal().await?;
+        tracing::info!("stop signal received; shutting down");
+        handle.shutdown().await
+    })
+}
+
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    Ok(())
+}
+
+/// `database_url` without its password, for messages.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((credentials, host)) => {
+            let user = credentials.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact_url("postgres://app:s3cret@db:5432/x"),
+            "postgres://app:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("sqlite://data/pushgate.db"),
+            "sqlite://data/pushgate.db"
+        );
+    }
 }

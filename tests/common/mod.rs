@@ -362,8 +362,22 @@ impl Harness {
         &self.config.gateway.ranges_file
     }
 
-    pub fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    /// The access log once it holds `needle` (it is written when a request finishes, which can
+    /// be just after the client read its answer); panics after 10 s.
+    pub async fn access_log_with(&self, needle: &str) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "access log never held {needle}: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The gateway's metrics text.
@@ -377,6 +391,21 @@ impl Harness {
         .await
         .unwrap();
         String::from_utf8(response.body).unwrap()
+    }
+
+    /// Waits (up to 10 s) until a sample has exactly `expected`, then asserts it. Counters are
+    /// updated when the gateway finishes a request, which can be just after the client has read
+    /// the whole answer.
+    pub async fn wait_metric(&self, sample: &str, expected: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(sample).await;
+            if value == expected || tokio::time::Instant::now() > deadline {
+                assert_eq!(value, expected, "{sample}");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Value of one sample line, e.g. `pushgate_gateway_requests_total{outcome="rejected",reason="not_found"}`.
