@@ -25,7 +25,7 @@ pub const PROBE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 4));
 pub const PROXY: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 5));
 
 pub const LEGACY_PATH: &str = "/Webservices/SyncNotification.svc?Default";
-pub const TOKEN: &str = "test-token-0123456789abcdef";
+pub const TOKEN: &str = "test-gateway-token-0123456789";
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The ranges file the harness starts with: loopback 127.0.0.2 plus real Exchange Online ranges
