@@ -1,7 +1,9 @@
 //! Metric helpers shared by the gateway and the worker: the text exposition, the small HTTP
 //! listener that serves `/metrics` and `/healthz` apart from the public listener, build info.
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use prometheus::{Encoder, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -29,22 +31,25 @@ pub fn render_registry(registry: &Registry) -> Vec<u8> {
     out
 }
 
-/// Serves `GET /metrics` and `GET /healthz` until `shutdown` resolves.
+/// The health check behind `/healthz`: `Ok` for 200, `Err(reason)` for 503 with the reason as body.
+pub type HealthCheck =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+/// Serves `GET /metrics` (Prometheus text) and `GET /healthz` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
     registry: Registry,
-    healthy: Arc<dyn Fn() -> bool + Send + Sync>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    health: HealthCheck,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::http::{header, StatusCode};
     use axum::routing::get;
 
-    let metrics_registry = registry.clone();
     let router = axum::Router::new()
         .route(
             "/metrics",
             get(move || {
-                let body = render_registry(&metrics_registry);
+                let body = render_registry(&registry);
                 async move {
                     (
                         [(
@@ -59,12 +64,11 @@ pub async fn serve_metrics(
         .route(
             "/healthz",
             get(move || {
-                let ok = healthy();
+                let check = health();
                 async move {
-                    if ok {
-                        (StatusCode::OK, "ok\n")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n")
+                    match check.await {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
                     }
                 }
             }),

@@ -136,9 +136,4 @@ impl GatewayMetrics {
             .with_label_values(&[outcome])
             .observe(seconds);
     }
-
-    /// The text exposition of every registered metric.
-    pub fn render(&self) -> Vec<u8> {
-        crate::metrics::render_registry(&self.registry)
-    }
 }

@@ -252,7 +252,16 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         let served = crate::metrics::serve_metrics(
             metrics_listener,
             metrics.registry.clone(),
-            Arc::new(move || health_shared.healthy()),
+            Arc::new(move || {
+                let healthy = health_shared.healthy();
+                Box::pin(async move {
+                    if healthy {
+                        Ok(())
+                    } else {
+                        Err("no ranges list loaded".to_string())
+                    }
+                })
+            }),
             async move {
                 let _ = metrics_shutdown.changed().await;
             },

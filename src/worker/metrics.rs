@@ -4,14 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::notification::EventKind;
 use crate::store::{BatchObserver, EventStore, IngestOutcome, SubscriptionState};
@@ -129,6 +122,7 @@ impl WorkerMetrics {
         registry.register(Box::new(subscriptions_flagged.clone()))?;
         registry.register(Box::new(subscriptions_registered.clone()))?;
         registry.register(Box::new(purged.clone()))?;
+        registry.register(Box::new(crate::metrics::build_info("worker")?))?;
         // Every label value exists from the start, so dashboards see zeros, not gaps.
         for result in RESULTS {
             notifications.with_label_values(&[result]);
@@ -188,11 +182,9 @@ impl WorkerMetrics {
         self.purged.inc_by(events);
     }
 
-    /// The text exposition of every metric.
-    pub fn render(&self) -> String {
-        TextEncoder::new()
-            .encode_to_string(&self.registry.gather())
-            .unwrap_or_else(|e| format!("# encoding metrics failed: {e}\n"))
+    /// The registry `/metrics` serves.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
     }
 }
 
@@ -206,42 +198,19 @@ impl BatchObserver for WorkerMetrics {
     }
 }
 
-#[derive(Clone)]
-struct MetricsState {
-    metrics: Arc<WorkerMetrics>,
-    store: Arc<dyn EventStore>,
-}
-
-/// `/metrics` (Prometheus text) and `/healthz` (200 when the database answers, else 503).
-pub fn router(metrics: Arc<WorkerMetrics>, store: Arc<dyn EventStore>) -> Router {
-    Router::new()
-        .route("/metrics", get(render_metrics))
-        .route("/healthz", get(health))
-        .with_state(MetricsState { metrics, store })
-}
-
-async fn render_metrics(State(state): State<MetricsState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        state.metrics.render(),
-    )
-        .into_response()
-}
-
-async fn health(State(state): State<MetricsState>) -> Response {
-    match tokio::time::timeout(HEALTH_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => (StatusCode::OK, "ok\n").into_response(),
-        Ok(Err(error)) => {
-            tracing::warn!(%error, "health check: database unreachable");
-            (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
-        }
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database did not answer in time\n",
-        )
-            .into_response(),
-    }
+/// `/healthz`: 200 when the database answers within two seconds, else 503 saying why.
+pub fn database_health(store: Arc<dyn EventStore>) -> crate::metrics::HealthCheck {
+    Arc::new(move || {
+        let store = store.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(HEALTH_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "health check: database unreachable");
+                    Err("database unreachable".to_string())
+                }
+                Err(_) => Err("database did not answer in time".to_string()),
+            }
+        })
+    })
 }

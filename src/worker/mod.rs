@@ -121,8 +121,15 @@ pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<Worker
         .fallback(ingest::handle)
         .with_state(state);
     let server = tokio::spawn(serve(listener, app, shutdown_rx.clone()));
-    let metrics_app = metrics::router(metrics.clone(), store.clone());
-    let metrics_server = tokio::spawn(serve(metrics_listener, metrics_app, shutdown_rx.clone()));
+    let mut metrics_shutdown = shutdown_rx.clone();
+    let metrics_server = tokio::spawn(crate::metrics::serve_metrics(
+        metrics_listener,
+        metrics.registry().clone(),
+        metrics::database_health(store.clone()),
+        async move {
+            let _ = metrics_shutdown.wait_for(|stop| *stop).await;
+        },
+    ));
     let housekeeping = tokio::spawn(housekeeping::run(
         store.clone(),
         metrics,
