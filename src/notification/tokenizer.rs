@@ -1,12 +1,29 @@
-//! A strict, zero-copy XML 1.0 (fifth edition) + Namespaces 1.0 tokenizer over a whole body.
+//! XML 1.0 + Namespaces 1.0 lexing for the validator: quick-xml reads what lies between the tags;
+//! this module reads the tags and adds the checks quick-xml leaves to its users.
 //!
-//! It enforces well-formedness itself (quick-xml is lenient by design and would leave most of
-//! these checks to a second pass over every token): UTF-8 and the Char production, the XML
-//! declaration, names, attribute syntax and duplicates, references, comments, CDATA, end-tag
-//! matching, one root element, namespace declarations and prefixes. It also applies the
-//! hostile-input limits while it streams (depth, name, attribute and text sizes), refuses DTDs
-//! and processing instructions, and never allocates unless a document exceeds the inline
-//! capacities below (deep foreign subtrees, many attributes or namespace declarations).
+//! quick-xml's `Reader<&[u8]>` (zero-copy events, `check_comments`) delimits character data,
+//! references, comments (refusing `--` inside), CDATA sections, the XML declaration (split by its
+//! `Attributes`), processing instructions and DOCTYPEs; it refuses what it cannot delimit
+//! (unclosed markup, junk after `<!`, `&` without `;`) and parses character references. Tags are
+//! read here: the Reader pushes every start tag's name onto two heap vectors whatever
+//! `check_end_names` says (7 allocations for Exchange's body, and `validate` makes none); its
+//! `Attributes` accepts what XML refuses (no space between attributes, `<` in values, any key), so
+//! one strict pass costs less than re-checking its output; end tags must meet our stack anyway. A
+//! fresh Reader (free to make) resumes after a tag when text or other markup follows.
+//!
+//! Checked here: UTF-8 and the Char production (once, up front), Names and QNames, attribute
+//! syntax, duplicate attributes (by name and by expanded name), `]]>` in text, references (the five
+//! predefined entities and character references to XML characters only), the XML declaration's
+//! place and content, end tags against the stack of open elements, one root with only whitespace
+//! and comments around it, DTD and PI refusal, the `[validator]` limits. Namespaces are resolved
+//! inline, not by `NsReader`: it reads through the same allocating Reader, its resolver allocates
+//! for every `xmlns`, compares namespace names undecoded and accepts `xmlns:p=""`.
+
+use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
+use quick_xml::escape::{resolve_predefined_entity, EscapeError, ParseCharRefError};
+use quick_xml::events::attributes::{AttrError, Attributes};
+use quick_xml::events::{BytesRef, Event};
+use quick_xml::Reader;
 
 use super::validator::{Rejection, RejectionKind};
 use super::Limits;
@@ -18,6 +35,7 @@ pub(super) const TYPES_NS: &[u8] = b"http://schemas.microsoft.com/exchange/servi
 const XML_NS: &[u8] = b"http://www.w3.org/XML/1998/namespace";
 const XMLNS_NS: &[u8] = b"http://www.w3.org/2000/xmlns/";
 const XSI_NS: &[u8] = b"http://www.w3.org/2001/XMLSchema-instance";
+const BYTE_ORDER_MARK: &[u8] = &[0xEF, 0xBB, 0xBF];
 
 /// The namespaces the validator tells apart; every other namespace is `Other`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -231,6 +249,10 @@ fn limit(at: usize, what: impl std::fmt::Display) -> Rejection {
     reject(RejectionKind::LimitExceeded, at, what)
 }
 
+fn forbidden(at: usize, what: impl std::fmt::Display) -> Rejection {
+    reject(RejectionKind::ForbiddenMarkup, at, what)
+}
+
 /// Quotes at most 40 bytes of the body for a message, escaped so logs stay one clean line.
 pub(super) fn quote(bytes: &[u8]) -> String {
     let mut end = bytes.len().min(40);
@@ -246,44 +268,11 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-const fn ascii_table(extra: &[u8], ranges: &[(u8, u8)]) -> [bool; 128] {
-    let mut table = [false; 128];
-    let mut i = 0;
-    while i < extra.len() {
-        table[extra[i] as usize] = true;
-        i += 1;
-    }
-    let mut r = 0;
-    while r < ranges.len() {
-        let mut b = ranges[r].0;
-        while b <= ranges[r].1 {
-            table[b as usize] = true;
-            b += 1;
-        }
-        r += 1;
-    }
-    table
+/// Where `part` (a slice quick-xml cut out of `whole`) starts in `whole`. quick-xml's attribute
+/// iterator hands out borrowed slices, not positions.
+fn offset_in(whole: &[u8], part: &[u8]) -> usize {
+    (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize)
 }
-
-/// Name bytes: 1 an ASCII name character other than ':', 2 ':', 3 a non-ASCII byte (decode
-/// the character), 0 anything that ends a name.
-static NAME_BYTES: [u8; 256] = {
-    let mut table = [0u8; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = if b >= 0x80 {
-            3
-        } else if b == b':' as usize {
-            2
-        } else if NAME_ASCII[b] {
-            1
-        } else {
-            0
-        };
-        b += 1;
-    }
-    table
-};
 
 /// The position of the first `a`, `b` or `c` in `haystack`: eight bytes per step (a word-wide
 /// zero-byte test on `haystack ^ broadcast(byte)`), then byte by byte in the word that matched.
@@ -312,8 +301,62 @@ fn find3(a: u8, b: u8, c: u8, haystack: &[u8]) -> Option<usize> {
         .map(|p| p + at)
 }
 
+/// A Reader for the input from one position on. It never sees a start tag, so it cannot match
+/// end tags: the tokenizer's stack does.
+fn reader_for(input: &[u8]) -> Reader<&[u8]> {
+    let mut reader = Reader::from_reader(input);
+    let config = reader.config_mut();
+    config.check_comments = true;
+    config.check_end_names = false;
+    config.allow_unmatched_ends = true;
+    config.allow_dangling_amp = false;
+    config.expand_empty_elements = false;
+    config.trim_markup_names_in_closing_tags = true;
+    config.trim_text(false);
+    reader
+}
+
+const fn ascii_table(extra: &[u8], ranges: &[(u8, u8)]) -> [bool; 128] {
+    let mut table = [false; 128];
+    let mut i = 0;
+    while i < extra.len() {
+        table[extra[i] as usize] = true;
+        i += 1;
+    }
+    let mut r = 0;
+    while r < ranges.len() {
+        let mut b = ranges[r].0;
+        while b <= ranges[r].1 {
+            table[b as usize] = true;
+            b += 1;
+        }
+        r += 1;
+    }
+    table
+}
+
 const NAME_START_ASCII: [bool; 128] = ascii_table(b":_", &[(b'A', b'Z'), (b'a', b'z')]);
 const NAME_ASCII: [bool; 128] = ascii_table(b":_-.", &[(b'A', b'Z'), (b'a', b'z'), (b'0', b'9')]);
+
+/// Name bytes: 1 an ASCII name character other than ':', 2 ':', 3 a non-ASCII byte (decode
+/// the character), 0 anything that ends a name.
+static NAME_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = if b >= 0x80 {
+            3
+        } else if b == b':' as usize {
+            2
+        } else if NAME_ASCII[b] {
+            1
+        } else {
+            0
+        };
+        b += 1;
+    }
+    table
+};
 
 fn is_name_start_char(c: u32) -> bool {
     match c {
@@ -342,6 +385,11 @@ fn is_name_char(c: u32) -> bool {
     }
 }
 
+fn is_name(name: &str) -> bool {
+    let mut chars = name.chars().map(u32::from);
+    chars.next().is_some_and(is_name_start_char) && chars.all(is_name_char)
+}
+
 /// Decodes the UTF-8 character at `at` (the body is known to be valid UTF-8); returns the code
 /// point and its length, or `(u32::MAX, 1)` past the end.
 fn char_at(body: &[u8], at: usize) -> (u32, usize) {
@@ -368,72 +416,68 @@ fn is_xml_char(c: u32) -> bool {
     matches!(c, 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF)
 }
 
-/// What a reference (`&...;`) at some position stands for.
-enum Reference {
-    Char(char),
-    /// A well-formed entity reference to an entity other than the five predefined ones.
+/// Why a reference is refused.
+enum BadReference {
+    Malformed(&'static str),
+    /// A well-formed reference to an entity other than the five predefined ones (no DTD is ever
+    /// read, so no other entity exists).
     Undeclared,
 }
 
-/// Reads the reference starting at `at` (the `&`). Returns the reference and its length, or a
-/// description of the syntax error.
-fn read_reference(body: &[u8], at: usize) -> Result<(Reference, usize), &'static str> {
-    let mut p = at + 1;
-    if body.get(p) == Some(&b'#') {
-        p += 1;
-        let hex = body.get(p) == Some(&b'x');
-        if hex {
-            p += 1;
-        }
-        let digits_start = p;
-        let mut value: u32 = 0;
-        while let Some(&b) = body.get(p) {
-            let digit = match b {
-                b'0'..=b'9' => u32::from(b - b'0'),
-                b'a'..=b'f' if hex => u32::from(b - b'a' + 10),
-                b'A'..=b'F' if hex => u32::from(b - b'A' + 10),
-                b';' => break,
-                _ => return Err("malformed character reference"),
-            };
-            value = value
-                .saturating_mul(if hex { 16 } else { 10 })
-                .saturating_add(digit);
-            p += 1;
-        }
-        if body.get(p) != Some(&b';') || p == digits_start {
-            return Err("malformed character reference");
-        }
-        if !is_xml_char(value) {
-            return Err("character reference to a character XML does not allow");
-        }
-        let ch =
-            char::from_u32(value).ok_or("character reference to a character XML does not allow")?;
-        return Ok((Reference::Char(ch), p + 1 - at));
-    }
-    let (first, _) = char_at(body, p);
-    if !is_name_start_char(first) {
-        return Err("'&' must start a reference (write &amp;)");
-    }
-    let name_start = p;
-    while p < body.len() {
-        let (c, len) = char_at(body, p);
-        if !is_name_char(c) {
-            break;
-        }
-        p += len;
-    }
-    if body.get(p) != Some(&b';') {
-        return Err("entity reference without ';'");
-    }
-    let reference = match &body[name_start..p] {
-        b"lt" => Reference::Char('<'),
-        b"gt" => Reference::Char('>'),
-        b"amp" => Reference::Char('&'),
-        b"apos" => Reference::Char('\''),
-        b"quot" => Reference::Char('"'),
-        _ => Reference::Undeclared,
+/// The character the reference `&name;` stands for. quick-xml parses the number of a character
+/// reference; that it names a character XML allows is checked here.
+fn resolve_reference(name: &[u8]) -> Result<char, BadReference> {
+    let Ok(name) = std::str::from_utf8(name) else {
+        return Err(BadReference::Malformed("malformed reference"));
     };
-    Ok((reference, p + 1 - at))
+    if name.starts_with('#') {
+        let not_allowed = "character reference to a character XML does not allow";
+        return match BytesRef::new(name).resolve_char_ref() {
+            Ok(Some(ch)) if is_xml_char(u32::from(ch)) => Ok(ch),
+            Ok(Some(_))
+            | Err(XmlError::Escape(EscapeError::InvalidCharRef(
+                ParseCharRefError::IllegalCharacter(_) | ParseCharRefError::InvalidCodepoint(_),
+            ))) => Err(BadReference::Malformed(not_allowed)),
+            _ => Err(BadReference::Malformed("malformed character reference")),
+        };
+    }
+    match resolve_predefined_entity(name).and_then(|text| text.chars().next()) {
+        Some(ch) => Ok(ch),
+        None if is_name(name) => Err(BadReference::Undeclared),
+        None => Err(BadReference::Malformed(
+            "'&' must start a reference (write &amp;)",
+        )),
+    }
+}
+
+/// Resolves the reference whose `&` is at `at` in `bytes`; returns its character and length.
+fn reference_at(bytes: &[u8], at: usize) -> Result<(char, usize), BadReference> {
+    let end = at
+        + bytes[at..]
+            .iter()
+            .position(|&b| matches!(b, b';' | b'<' | b'"' | b'\'') || is_space(b))
+            .filter(|&end| bytes[at + end] == b';')
+            .ok_or(BadReference::Malformed(
+                "'&' without ';' (write &amp; for a literal '&')",
+            ))?;
+    resolve_reference(&bytes[at + 1..end]).map(|ch| (ch, end + 1 - at))
+}
+
+/// The rejection for the reference at `at` in `bytes`.
+fn reference_error(error: BadReference, bytes: &[u8], at: usize) -> Rejection {
+    match error {
+        BadReference::Malformed(what) => not_well_formed(at, what),
+        BadReference::Undeclared => {
+            let end = bytes[at..]
+                .iter()
+                .position(|&b| b == b';')
+                .map_or(bytes.len(), |semicolon| at + semicolon + 1);
+            not_well_formed(
+                at,
+                format!("reference to undeclared entity {}", quote(&bytes[at..end])),
+            )
+        }
+    }
 }
 
 /// The normalised value of an attribute (XML 1.0 §3.3.3 for CDATA attributes: references
@@ -481,8 +525,8 @@ impl Iterator for AttrValueBytes<'_> {
                 self.pos += 1;
                 Some(b' ')
             }
-            b'&' => match read_reference(self.raw, self.pos) {
-                Ok((Reference::Char(ch), len)) => {
+            b'&' => match reference_at(self.raw, self.pos) {
+                Ok((ch, len)) => {
                     self.pos += len;
                     let encoded = ch.encode_utf8(&mut self.pending);
                     self.pending_len = encoded.len();
@@ -490,7 +534,7 @@ impl Iterator for AttrValueBytes<'_> {
                     Some(self.pending[0])
                 }
                 // Unreachable for values the tokenizer accepted; keep the byte rather than panic.
-                _ => {
+                Err(_) => {
                     self.pos += 1;
                     Some(b'&')
                 }
@@ -503,78 +547,20 @@ impl Iterator for AttrValueBytes<'_> {
     }
 }
 
-/// Appends `raw` character data to `out` with XML line-end normalisation (CR LF and lone CR
-/// become LF).
-pub(super) fn push_normalised_text(raw: &[u8], out: &mut ValueBuf) {
-    let mut rest = raw;
-    while let Some(cr) = rest.iter().position(|&b| b == b'\r') {
-        out.extend(&rest[..cr]);
-        out.push(b'\n');
-        rest = &rest[cr + 1..];
-        if rest.first() == Some(&b'\n') {
-            rest = &rest[1..];
-        }
-    }
-    out.extend(rest);
-}
-
-/// A byte buffer that stays inline for the short values the datatypes check, and spills to the
-/// heap only for long ones.
-pub(super) struct ValueBuf {
-    inline: [u8; 128],
-    len: usize,
-    heap: Vec<u8>,
-    spilled: bool,
-}
-
-impl ValueBuf {
-    pub fn new() -> Self {
-        ValueBuf {
-            inline: [0; 128],
-            len: 0,
-            heap: Vec::new(),
-            spilled: false,
-        }
-    }
-
-    pub fn clear(&mut self) {
-        self.len = 0;
-        self.heap.clear();
-        self.spilled = false;
-    }
-
-    pub fn push(&mut self, b: u8) {
-        self.extend(&[b]);
-    }
-
-    pub fn extend(&mut self, bytes: &[u8]) {
-        if !self.spilled {
-            if let Some(slot) = self.inline.get_mut(self.len..self.len + bytes.len()) {
-                slot.copy_from_slice(bytes);
-                self.len += bytes.len();
-                return;
-            }
-            self.heap.extend_from_slice(&self.inline[..self.len]);
-            self.spilled = true;
-        }
-        self.heap.extend_from_slice(bytes);
-    }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        if self.spilled {
-            &self.heap
-        } else {
-            &self.inline[..self.len]
-        }
-    }
-}
-
 pub(super) struct Tokenizer<'a> {
     body: &'a [u8],
-    pos: usize,
+    /// Reads from `base` on; replaced after tags (which it does not read).
+    reader: Reader<&'a [u8]>,
+    base: usize,
+    /// Where reading resumes after a tag: a fresh Reader starts there when something other than
+    /// a tag follows.
+    resume_at: Option<usize>,
     limits: Limits,
     phase: Phase,
-    pending_end: bool,
+    /// Where the `End` of an empty-element tag just returned is due.
+    pending_end: Option<usize>,
+    /// Byte order marks at a restart, handed out as text: a fresh Reader would drop them.
+    pending_marks: Option<Span>,
     /// Where the first tab, LF or CR of the body is: values that end before it need no
     /// normalisation.
     first_line_space: usize,
@@ -587,10 +573,7 @@ impl<'a> Tokenizer<'a> {
     /// Checks the encoding, the XML declaration and every character of `body`, and positions the
     /// tokenizer after the declaration.
     pub fn new(body: &'a [u8], limits: &Limits) -> Result<Self, Rejection> {
-        let mut pos = 0;
-        if body.starts_with(&[0xEF, 0xBB, 0xBF]) {
-            pos = 3;
-        } else if body.starts_with(&[0xFE, 0xFF])
+        if body.starts_with(&[0xFE, 0xFF])
             || body.starts_with(&[0xFF, 0xFE])
             || body.starts_with(&[0x00, 0x00, 0x00, 0x3C])
             || body.starts_with(&[0x00, 0x3C])
@@ -603,21 +586,35 @@ impl<'a> Tokenizer<'a> {
                 "the body is not UTF-8 (UTF-16, UTF-32 or EBCDIC signature)",
             ));
         }
+        let start = if body.starts_with(BYTE_ORDER_MARK) {
+            BYTE_ORDER_MARK.len()
+        } else {
+            0
+        };
         let mut tokenizer = Tokenizer {
             body,
-            pos,
+            reader: reader_for(body),
+            base: 0,
             limits: *limits,
             phase: Phase::Prolog,
-            pending_end: false,
+            pending_end: None,
+            pending_marks: None,
+            resume_at: None,
             first_line_space: 0,
             open: SmallStack::new(),
             bindings: SmallStack::new(),
             attrs: SmallStack::new(),
         };
-        if body[pos..].starts_with(b"<?xml") && body.get(pos + 5).copied().is_some_and(is_space) {
+        tokenizer.restart(start);
+        // The declaration first: a body that declares another encoding is unsupported, not
+        // broken UTF-8.
+        if body[start..].starts_with(b"<?xml") && body.get(start + 5).copied().is_some_and(is_space)
+        {
             tokenizer.read_xml_declaration()?;
         }
-        tokenizer.first_line_space = check_characters(body, pos)?;
+        std::str::from_utf8(body)
+            .map_err(|error| not_well_formed(error.valid_up_to(), "invalid UTF-8"))?;
+        tokenizer.first_line_space = check_characters(body, start)?;
         Ok(tokenizer)
     }
 
@@ -634,64 +631,76 @@ impl<'a> Tokenizer<'a> {
         self.body
     }
 
-    fn byte(&self, at: usize) -> Option<u8> {
-        self.body.get(at).copied()
-    }
-
     fn skip_space(&self, mut at: usize) -> usize {
-        while self.byte(at).is_some_and(is_space) {
+        while self.body.get(at).copied().is_some_and(is_space) {
             at += 1;
         }
         at
     }
 
+    /// Continues with a fresh Reader at `at`. A Reader drops a byte order mark at its start;
+    /// here it is character data, so marks there become pending text.
+    fn restart(&mut self, at: usize) {
+        let mut start = at;
+        while self.body[start..].starts_with(BYTE_ORDER_MARK) {
+            start += BYTE_ORDER_MARK.len();
+        }
+        self.pending_marks = (start > at).then_some(Span {
+            start: at,
+            end: start,
+        });
+        self.base = start;
+        self.reader = reader_for(&self.body[start..]);
+    }
+
+    /// The body offset of the Reader's next event (of the `<` when it stopped inside markup).
+    fn position(&self) -> usize {
+        self.base + self.reader.buffer_position() as usize
+    }
+
     /// `<?xml` S `version` Eq '1.0' (S `encoding` Eq EncName)? (S `standalone` Eq (yes|no))? S? `?>`
     fn read_xml_declaration(&mut self) -> Result<(), Rejection> {
-        let start = self.pos;
-        let mut p = start + 5;
+        let at = self.position();
+        let malformed = |at| not_well_formed(at, "malformed XML declaration");
+        match self.reader.read_event() {
+            Ok(Event::Decl(_)) => {}
+            Ok(_) => return Err(malformed(at)),
+            Err(_) => return Err(not_well_formed(at, "XML declaration not closed")),
+        }
+        // Between `<?` and `?>`, starting with `xml`.
+        let content = &self.body[at + 2..self.position() - 2];
+        let text = std::str::from_utf8(content)
+            .map_err(|error| not_well_formed(at + 2 + error.valid_up_to(), "invalid UTF-8"))?;
         let mut seen_version = false;
         let mut index = 0;
-        loop {
-            let after_space = self.skip_space(p);
-            if self.body[after_space..].starts_with(b"?>") {
-                if !seen_version {
-                    return Err(not_well_formed(start, "XML declaration without version"));
-                }
-                self.pos = after_space + 2;
-                return Ok(());
+        let mut previous_end = 3;
+        for attribute in Attributes::new(text, 3).with_checks(false) {
+            let attribute = attribute.map_err(|error| {
+                let offset = match error {
+                    AttrError::ExpectedEq(p)
+                    | AttrError::ExpectedValue(p)
+                    | AttrError::UnquotedValue(p)
+                    | AttrError::ExpectedQuote(p, _)
+                    | AttrError::Duplicated(p, _) => p,
+                };
+                malformed(at + 2 + offset)
+            })?;
+            let name = attribute.key.as_ref();
+            let name_at = offset_in(content, name);
+            if name_at == previous_end {
+                return Err(malformed(at + 2 + name_at));
             }
-            if after_space == p {
-                return Err(not_well_formed(p, "malformed XML declaration"));
-            }
-            p = after_space;
-            let name_end = p + self.body[p..]
-                .iter()
-                .position(|b| !b.is_ascii_lowercase())
-                .unwrap_or(self.body.len() - p);
-            let name = &self.body[p..name_end];
-            let value_at = self.skip_space(name_end);
-            if self.byte(value_at) != Some(b'=') {
-                return Err(not_well_formed(p, "malformed XML declaration"));
-            }
-            let quote_at = self.skip_space(value_at + 1);
-            let quote_char = match self.byte(quote_at) {
-                Some(q @ (b'"' | b'\'')) => q,
-                _ => return Err(not_well_formed(quote_at, "malformed XML declaration")),
-            };
-            let value_start = quote_at + 1;
-            let value_len = self.body[value_start..]
-                .iter()
-                .take(64)
-                .position(|&b| b == quote_char)
-                .ok_or_else(|| not_well_formed(value_start, "malformed XML declaration"))?;
-            let value = &self.body[value_start..value_start + value_len];
+            let value: &[u8] = &attribute.value;
+            let value_at = offset_in(content, value);
+            previous_end = value_at + value.len() + 1;
+            let value_at = at + 2 + value_at;
             match (index, name) {
                 (0, b"version") => {
                     seen_version = true;
                     if value != b"1.0" {
                         return Err(reject(
                             RejectionKind::UnsupportedDeclaration,
-                            value_start,
+                            value_at,
                             format!("XML version {} (only 1.0 is accepted)", quote(value)),
                         ));
                     }
@@ -702,107 +711,145 @@ impl<'a> Tokenizer<'a> {
                             .iter()
                             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
                     if !valid_name {
-                        return Err(not_well_formed(value_start, "invalid encoding name"));
+                        return Err(not_well_formed(value_at, "invalid encoding name"));
                     }
                     if !value.eq_ignore_ascii_case(b"utf-8") {
                         return Err(reject(
                             RejectionKind::UnsupportedDeclaration,
-                            value_start,
+                            value_at,
                             format!("encoding {} (only UTF-8 is accepted)", quote(value)),
                         ));
                     }
                 }
                 (1 | 2, b"standalone") => {
                     if value != b"yes" && value != b"no" {
-                        return Err(not_well_formed(value_start, "standalone must be yes or no"));
+                        return Err(not_well_formed(value_at, "standalone must be yes or no"));
                     }
                     index = 2;
                 }
-                _ => return Err(not_well_formed(p, "malformed XML declaration")),
+                _ => return Err(malformed(at + 2 + name_at)),
             }
             index += 1;
-            p = value_start + value_len + 1;
         }
+        if !seen_version {
+            return Err(not_well_formed(at, "XML declaration without version"));
+        }
+        Ok(())
     }
 
     /// The next token. After an error the tokenizer must not be used again.
     pub fn next_token(&mut self) -> Result<Token<'a>, Rejection> {
-        if self.pending_end {
-            self.pending_end = false;
-            return Ok(self.close_element(self.pos));
+        if let Some(at) = self.pending_end.take() {
+            return Ok(self.close_element(at));
         }
         loop {
-            let at = self.pos;
-            let Some(b) = self.byte(at) else {
-                return match self.phase {
-                    Phase::Epilog => Ok(Token::Eof),
-                    Phase::Prolog => Err(not_well_formed(at, "no root element")),
-                    Phase::Content => {
-                        let name = self
-                            .open
-                            .as_slice()
-                            .last()
-                            .map(|open| quote(self.bytes(open.name)))
-                            .unwrap_or_default();
-                        Err(not_well_formed(
-                            at,
-                            format!("unexpected end: element {name} is not closed"),
-                        ))
-                    }
-                };
-            };
-            if b == b'<' {
-                match self.byte(at + 1) {
-                    Some(b'/') if self.phase == Phase::Content => return self.read_end_tag(),
-                    Some(b'!') => {
-                        if self.body[at..].starts_with(b"<!--") {
-                            self.skip_comment()?;
-                            continue;
-                        }
-                        if self.body[at..].starts_with(b"<![CDATA[") && self.phase == Phase::Content
-                        {
-                            return self.read_cdata();
-                        }
-                        if self.body[at..].starts_with(b"<!DOCTYPE") {
-                            return Err(reject(
-                                RejectionKind::ForbiddenMarkup,
-                                at,
-                                "document type declaration (DTDs are refused)",
-                            ));
-                        }
-                        return Err(not_well_formed(at, "malformed markup after '<!'"));
-                    }
-                    Some(b'?') => {
-                        return Err(reject(
-                            RejectionKind::ForbiddenMarkup,
-                            at,
-                            "processing instruction (only the XML declaration is allowed)",
-                        ))
-                    }
-                    _ if self.phase == Phase::Epilog => {
-                        return Err(not_well_formed(at, "content after the root element"))
-                    }
-                    _ => return self.read_start_tag(),
+            if let Some(marks) = self.pending_marks.take() {
+                if let Some(token) = self.text_token(marks)? {
+                    return Ok(token);
                 }
             }
-            match self.phase {
-                Phase::Content => {
-                    if b == b'&' {
-                        return self.read_reference_token();
-                    }
-                    return self.read_text();
+            let at = self.resume_at.unwrap_or_else(|| self.position());
+            if self.body.get(at) == Some(&b'<') {
+                match self.body.get(at + 1) {
+                    Some(b'!' | b'?') => {}
+                    Some(b'/') => return self.read_end_tag(at),
+                    _ => return self.read_start_tag(at),
                 }
-                Phase::Prolog | Phase::Epilog => {
-                    if !is_space(b) {
-                        let what = if self.phase == Phase::Prolog {
-                            "text before the root element"
-                        } else {
-                            "text after the root element"
-                        };
-                        return Err(not_well_formed(at, what));
+            }
+            if let Some(at) = self.resume_at.take() {
+                self.restart(at);
+                continue;
+            }
+            let event = match self.reader.read_event() {
+                Ok(event) => event,
+                Err(error) => return Err(self.markup_error(at, &error)),
+            };
+            let end = self.position();
+            match event {
+                Event::Text(_) => {
+                    if let Some(token) = self.text_token(Span { start: at, end })? {
+                        return Ok(token);
                     }
-                    self.pos = self.skip_space(at);
                 }
+                Event::GeneralRef(_) => return self.reference_token(at, end),
+                Event::CData(_) => return self.cdata_token(at, end),
+                Event::Comment(_) => {}
+                Event::Decl(_) | Event::PI(_) => {
+                    return Err(forbidden(
+                        at,
+                        "processing instruction (only the XML declaration is allowed)",
+                    ))
+                }
+                Event::DocType(_) => return Err(self.doctype(at)),
+                Event::Eof => return self.end_of_body(at),
+                // Tags never reach the Reader (see `read_start_tag`, `read_end_tag`).
+                Event::Start(_) | Event::Empty(_) | Event::End(_) => {
+                    return Err(not_well_formed(at, "unexpected tag"))
+                }
+            }
+        }
+    }
+
+    /// What the Reader refused at `at`, in the words of the other rejections.
+    fn markup_error(&self, at: usize, error: &XmlError) -> Rejection {
+        let rest = self.body.get(at..).unwrap_or_default();
+        if rest.starts_with(b"<!DOCTYPE") {
+            return self.doctype(at);
+        }
+        if rest.starts_with(b"<?") {
+            return forbidden(
+                at,
+                "processing instruction (only the XML declaration is allowed)",
+            );
+        }
+        let what: std::borrow::Cow<str> = match error {
+            XmlError::Syntax(SyntaxError::UnclosedTag) => "tag not closed".into(),
+            XmlError::Syntax(SyntaxError::UnclosedComment) => "comment not closed".into(),
+            XmlError::Syntax(SyntaxError::UnclosedCData) if rest.starts_with(b"<![CDATA[") => {
+                "CDATA section not closed".into()
+            }
+            XmlError::Syntax(
+                SyntaxError::InvalidBangMarkup
+                | SyntaxError::UnclosedCData
+                | SyntaxError::UnclosedDoctype,
+            )
+            | XmlError::IllFormed(IllFormedError::MissingDoctypeName) => {
+                "malformed markup after '<!'".into()
+            }
+            XmlError::IllFormed(IllFormedError::DoubleHyphenInComment) => {
+                "'--' inside a comment".into()
+            }
+            XmlError::IllFormed(IllFormedError::UnclosedReference) => {
+                "'&' without ';' (write &amp; for a literal '&')".into()
+            }
+            other => other.to_string().into(),
+        };
+        not_well_formed(self.base + self.reader.error_position() as usize, what)
+    }
+
+    fn doctype(&self, at: usize) -> Rejection {
+        if self.body[at..].starts_with(b"<!DOCTYPE") {
+            forbidden(at, "document type declaration (DTDs are refused)")
+        } else {
+            not_well_formed(at, "malformed markup after '<!'")
+        }
+    }
+
+    fn end_of_body(&self, at: usize) -> Result<Token<'a>, Rejection> {
+        match self.phase {
+            Phase::Epilog => Ok(Token::Eof),
+            Phase::Prolog => Err(not_well_formed(at, "no root element")),
+            Phase::Content => {
+                let name = self
+                    .open
+                    .as_slice()
+                    .last()
+                    .map(|open| quote(self.bytes(open.name)))
+                    .unwrap_or_default();
+                Err(not_well_formed(
+                    at,
+                    format!("unexpected end: element {name} is not closed"),
+                ))
             }
         }
     }
@@ -821,72 +868,107 @@ impl<'a> Tokenizer<'a> {
         Ok(())
     }
 
-    fn read_text(&mut self) -> Result<Token<'a>, Rejection> {
-        let start = self.pos;
-        let mut p = start;
-        let body = self.body;
-        loop {
-            p += find3(b'<', b'&', b']', &body[p..]).unwrap_or(body.len() - p);
-            if body.get(p) != Some(&b']') {
-                break;
-            }
-            if body[p..].starts_with(b"]]>") {
-                return Err(not_well_formed(p, "']]>' in character data"));
-            }
-            p += 1;
+    /// Character data; none for whitespace around the root element.
+    fn text_token(&mut self, span: Span) -> Result<Option<Token<'a>>, Rejection> {
+        let raw = self.bytes(span);
+        if self.phase != Phase::Content {
+            return match raw.iter().position(|&b| !is_space(b)) {
+                None => Ok(None),
+                Some(offset) if self.phase == Phase::Prolog => Err(not_well_formed(
+                    span.start + offset,
+                    "text before the root element",
+                )),
+                Some(offset) => Err(not_well_formed(
+                    span.start + offset,
+                    "text after the root element",
+                )),
+            };
         }
-        let has_cr = self.first_line_space < p && body[start..p].contains(&b'\r');
-        self.pos = p;
-        self.add_text_bytes(p - start, start)?;
-        Ok(Token::Text {
-            raw: &body[start..p],
-            has_cr,
-            at: start,
-        })
+        if raw.contains(&b']') {
+            let mut p = 0;
+            while let Some(offset) = raw[p..].iter().position(|&b| b == b']') {
+                p += offset;
+                if raw[p..].starts_with(b"]]>") {
+                    return Err(not_well_formed(span.start + p, "']]>' in character data"));
+                }
+                p += 1;
+            }
+        }
+        self.add_text_bytes(span.len(), span.start)?;
+        Ok(Some(Token::Text {
+            raw,
+            has_cr: self.first_line_space < span.end && raw.contains(&b'\r'),
+            at: span.start,
+        }))
     }
 
-    fn read_reference_token(&mut self) -> Result<Token<'a>, Rejection> {
-        let at = self.pos;
-        match read_reference(self.body, at) {
-            Ok((Reference::Char(ch), len)) => {
-                self.pos += len;
-                self.add_text_bytes(len, at)?;
-                Ok(Token::Reference { ch, at })
-            }
-            Ok((Reference::Undeclared, len)) => Err(not_well_formed(
+    /// `&name;` from `at` to `end`, delimited by the Reader.
+    fn reference_token(&mut self, at: usize, end: usize) -> Result<Token<'a>, Rejection> {
+        let reference = &self.body[at..end];
+        if self.phase != Phase::Content {
+            return Err(not_well_formed(at, "reference outside the root element"));
+        }
+        let ch = resolve_reference(&reference[1..reference.len() - 1])
+            .map_err(|error| reference_error(error, self.body, at))?;
+        self.add_text_bytes(reference.len(), at)?;
+        Ok(Token::Reference { ch, at })
+    }
+
+    fn cdata_token(&mut self, at: usize, end: usize) -> Result<Token<'a>, Rejection> {
+        if self.phase != Phase::Content {
+            return Err(not_well_formed(
+                at,
+                "CDATA section outside the root element",
+            ));
+        }
+        let raw = &self.body[at + b"<![CDATA[".len()..end - b"]]>".len()];
+        self.add_text_bytes(raw.len(), at)?;
+        Ok(Token::CData { raw, at })
+    }
+
+    /// The end tag at `at`: the name of the open element, S?, `>`. Read here, next to the stack
+    /// it must match, and cheaper than a Reader event.
+    fn read_end_tag(&mut self, at: usize) -> Result<Token<'a>, Rejection> {
+        let Some(open) = self.open.as_slice().last().map(|open| open.name) else {
+            return Err(not_well_formed(at, "end tag without start tag"));
+        };
+        let body = self.body;
+        let expected = self.bytes(open);
+        let name_start = at + 2;
+        let after = name_start + expected.len();
+        let matches = body[name_start..].starts_with(expected)
+            && match body.get(after) {
+                Some(&b) if b < 0x80 => NAME_BYTES[usize::from(b)] == 0,
+                Some(_) => !is_name_char(char_at(body, after).0),
+                None => true,
+            };
+        if !matches {
+            let (name_end, _) = self.scan_name(name_start, "end tag")?;
+            return Err(not_well_formed(
                 at,
                 format!(
-                    "reference to undeclared entity {}",
-                    quote(&self.body[at..at + len])
+                    "end tag {} does not match {}",
+                    quote(&body[name_start..name_end]),
+                    quote(expected)
                 ),
-            )),
-            Err(what) => Err(not_well_formed(at, what)),
+            ));
         }
+        let close = self.skip_space(after);
+        if body.get(close) != Some(&b'>') {
+            return Err(not_well_formed(close, "malformed end tag"));
+        }
+        self.resume_at = Some(close + 1);
+        Ok(self.close_element(at))
     }
 
-    fn read_cdata(&mut self) -> Result<Token<'a>, Rejection> {
-        let at = self.pos;
-        let start = at + 9;
-        let len = find(&self.body[start..], b"]]>")
-            .ok_or_else(|| not_well_formed(at, "CDATA section not closed"))?;
-        self.pos = start + len + 3;
-        self.add_text_bytes(len, at)?;
-        Ok(Token::CData {
-            raw: &self.body[start..start + len],
-            at,
-        })
-    }
-
-    fn skip_comment(&mut self) -> Result<(), Rejection> {
-        let at = self.pos;
-        let start = at + 4;
-        let dashes = find(&self.body[start..], b"--")
-            .ok_or_else(|| not_well_formed(at, "comment not closed"))?;
-        if self.byte(start + dashes + 2) != Some(b'>') {
-            return Err(not_well_formed(start + dashes, "'--' inside a comment"));
+    fn close_element(&mut self, at: usize) -> Token<'a> {
+        if let Some(open) = self.open.pop() {
+            self.bindings.truncate(open.bindings_mark);
         }
-        self.pos = start + dashes + 3;
-        Ok(())
+        if self.open.len() == 0 {
+            self.phase = Phase::Epilog;
+        }
+        Token::End { at }
     }
 
     /// Scans a Name at `at`; returns its end and its shape as a qualified name. Fails when no
@@ -961,8 +1043,11 @@ impl<'a> Tokenizer<'a> {
         }
     }
 
-    fn read_start_tag(&mut self) -> Result<Token<'a>, Rejection> {
-        let at = self.pos;
+    /// The start tag at `at`, read here rather than by the Reader (which would allocate).
+    fn read_start_tag(&mut self, at: usize) -> Result<Token<'a>, Rejection> {
+        if self.phase == Phase::Epilog {
+            return Err(not_well_formed(at, "content after the root element"));
+        }
         let name_start = at + 1;
         let (name_end, shape) = self.scan_name(name_start, "element")?;
         let name = Span {
@@ -977,14 +1062,14 @@ impl<'a> Tokenizer<'a> {
         let mut p = name_end;
         let empty = loop {
             let after_space = self.skip_space(p);
-            match self.byte(after_space) {
+            match self.body.get(after_space) {
                 None => return Err(not_well_formed(at, "start tag not closed")),
                 Some(b'>') => {
                     p = after_space + 1;
                     break false;
                 }
                 Some(b'/') => {
-                    if self.byte(after_space + 1) != Some(b'>') {
+                    if self.body.get(after_space + 1) != Some(&b'>') {
                         return Err(not_well_formed(
                             after_space,
                             "'/' not followed by '>' in a tag",
@@ -1002,7 +1087,6 @@ impl<'a> Tokenizer<'a> {
                 Some(_) => p = self.read_attribute(after_space)?,
             }
         };
-        self.pos = p;
         self.check_duplicate_names(at)?;
         let bindings_mark = self.bindings.len();
         self.declare_namespaces()?;
@@ -1030,7 +1114,8 @@ impl<'a> Tokenizer<'a> {
             text_bytes: 0,
         });
         self.phase = Phase::Content;
-        self.pending_end = empty;
+        self.pending_end = empty.then_some(p);
+        self.resume_at = Some(p);
         Ok(Token::Start {
             ns,
             local: &self.body[local_start..name.end],
@@ -1041,20 +1126,20 @@ impl<'a> Tokenizer<'a> {
 
     /// Reads `Name S? = S? quoted-value` at `at`; returns the position after the closing quote.
     fn read_attribute(&mut self, at: usize) -> Result<usize, Rejection> {
+        let body = self.body;
         let (name_end, shape) = self.scan_name(at, "attribute")?;
         let eq = self.skip_space(name_end);
-        if self.byte(eq) != Some(b'=') {
+        if body.get(eq) != Some(&b'=') {
             return Err(not_well_formed(eq, "attribute without '=' and value"));
         }
         let quote_at = self.skip_space(eq + 1);
-        let quote_char = match self.byte(quote_at) {
-            Some(q @ (b'"' | b'\'')) => q,
+        let quote_char = match body.get(quote_at) {
+            Some(&q @ (b'"' | b'\'')) => q,
             _ => return Err(not_well_formed(quote_at, "attribute value must be quoted")),
         };
         let value_start = quote_at + 1;
         let mut p = value_start;
         let mut has_reference = false;
-        let body = self.body;
         loop {
             p += find3(quote_char, b'<', b'&', &body[p..])
                 .ok_or_else(|| not_well_formed(value_start, "attribute value not closed"))?;
@@ -1062,19 +1147,9 @@ impl<'a> Tokenizer<'a> {
                 b'<' => return Err(not_well_formed(p, "'<' in an attribute value")),
                 b'&' => {
                     has_reference = true;
-                    match read_reference(body, p) {
-                        Ok((Reference::Char(_), len)) => p += len,
-                        Ok((Reference::Undeclared, len)) => {
-                            return Err(not_well_formed(
-                                p,
-                                format!(
-                                    "reference to undeclared entity {}",
-                                    quote(&body[p..p + len])
-                                ),
-                            ))
-                        }
-                        Err(what) => return Err(not_well_formed(p, what)),
-                    }
+                    p += reference_at(body, p)
+                        .map_err(|error| reference_error(error, body, p))?
+                        .1;
                 }
                 _ => break,
             }
@@ -1096,13 +1171,12 @@ impl<'a> Tokenizer<'a> {
                 format!("more than {max_count} attributes on one element"),
             ));
         }
-        let name = Span {
-            start: at,
-            end: name_end,
-        };
         let name_bytes = &body[at..name_end];
         self.attrs.push(Attr {
-            name,
+            name: Span {
+                start: at,
+                end: name_end,
+            },
             local_start: at,
             value: Span {
                 start: value_start,
@@ -1331,58 +1405,6 @@ impl<'a> Tokenizer<'a> {
         }
         Ok(())
     }
-
-    fn read_end_tag(&mut self) -> Result<Token<'a>, Rejection> {
-        let at = self.pos;
-        let name_start = at + 2;
-        let Some(open) = self.open.as_slice().last().map(|open| open.name) else {
-            return Err(not_well_formed(at, "end tag without start tag"));
-        };
-        let expected = self.bytes(open);
-        let body = self.body;
-        let after = name_start + expected.len();
-        // The common case needs no scan: the open element's name, then something that cannot
-        // continue a name.
-        let matches = body[name_start..].starts_with(expected)
-            && match body.get(after) {
-                Some(&b) if b < 0x80 => NAME_BYTES[usize::from(b)] == 0,
-                Some(_) => !is_name_char(char_at(body, after).0),
-                None => true,
-            };
-        if !matches {
-            let (name_end, _) = self.scan_name(name_start, "end tag")?;
-            return Err(not_well_formed(
-                at,
-                format!(
-                    "end tag {} does not match {}",
-                    quote(&body[name_start..name_end]),
-                    quote(expected)
-                ),
-            ));
-        }
-        let close = self.skip_space(after);
-        if self.byte(close) != Some(b'>') {
-            return Err(not_well_formed(close, "malformed end tag"));
-        }
-        self.pos = close + 1;
-        Ok(self.close_element(at))
-    }
-
-    fn close_element(&mut self, at: usize) -> Token<'a> {
-        if let Some(open) = self.open.pop() {
-            self.bindings.truncate(open.bindings_mark);
-        }
-        if self.open.len() == 0 {
-            self.phase = Phase::Epilog;
-        }
-        Token::End { at }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 /// Checks `text[from..to]` byte by byte; returns the offset (in `text`) of its first tab, LF or
@@ -1418,41 +1440,26 @@ fn check_character_bytes(
     Ok(line_space)
 }
 
-/// Every byte after the BOM must form valid UTF-8 and every character must match XML 1.0's
-/// Char production (no C0 controls but tab, LF, CR; no U+FFFE, U+FFFF). One pass, word-sized
-/// fast path for the common ASCII case. Returns the body offset of the first tab, LF or CR
-/// (`body.len()` if none): bodies like Exchange's have none before their final newline, which
-/// spares the normalisation checks of every value.
+/// Every character of the (valid UTF-8) body after the BOM must match XML 1.0's Char production
+/// (no C0 controls but tab, LF, CR; no U+FFFE, U+FFFF). Blocks without a byte below 0x20 or an
+/// 0xEF (the lead byte of U+FFFE/U+FFFF) are passed with one vectorised test. Returns the body
+/// offset of the first tab, LF or CR (`body.len()` if none): bodies like Exchange's have none
+/// before their final newline, which spares the normalisation checks of every value.
 fn check_characters(body: &[u8], start: usize) -> Result<usize, Rejection> {
-    let text = &body[start..];
-    if let Err(error) = std::str::from_utf8(text) {
-        return Err(not_well_formed(
-            start + error.valid_up_to(),
-            "invalid UTF-8",
-        ));
-    }
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
     const BLOCK: usize = 32;
-    let blocks = text.chunks_exact(BLOCK);
+    let text = &body[start..];
     let mut line_space: Option<usize> = None;
-    let tail_start = text.len() - blocks.remainder().len();
+    let blocks = text.chunks_exact(BLOCK);
+    let tail = text.len() - blocks.remainder().len();
     for (index, block) in blocks.enumerate() {
-        // Any ASCII byte below 0x20, or any 0xEF (the lead byte of U+FFFE/U+FFFF): look closer.
-        let mut suspicious = 0u64;
-        for word in block.chunks_exact(8) {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(word);
-            let w = u64::from_le_bytes(bytes);
-            let xor_ef = w ^ (ONES * 0xEF);
-            suspicious |=
-                (w.wrapping_sub(ONES * 0x20) & !w) | (xor_ef.wrapping_sub(ONES) & !xor_ef);
-        }
-        if suspicious & HIGHS != 0 {
-            let found = check_character_bytes(text, start, index * BLOCK, index * BLOCK + BLOCK)?;
+        if block
+            .iter()
+            .fold(false, |seen, &b| seen | (b < 0x20) | (b == 0xEF))
+        {
+            let found = check_character_bytes(text, start, index * BLOCK, (index + 1) * BLOCK)?;
             line_space = line_space.or(found);
         }
     }
-    let found = check_character_bytes(text, start, tail_start, text.len())?;
+    let found = check_character_bytes(text, start, tail, text.len())?;
     Ok(line_space.or(found).map_or(body.len(), |at| start + at))
 }

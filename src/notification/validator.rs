@@ -8,10 +8,7 @@ use super::model::{
     Event, EventKind, Notification, NotificationContent, ObjectId, ObjectKind, ResponseClass,
     ResponseMessage,
 };
-use super::tokenizer::{
-    push_normalised_text, quote, reject, AttrValueBytes, Ns, SmallStack, Span, Token, Tokenizer,
-    ValueBuf,
-};
+use super::tokenizer::{quote, reject, AttrValueBytes, Ns, SmallStack, Span, Token, Tokenizer};
 use super::vocabulary;
 use super::Limits;
 
@@ -396,6 +393,72 @@ impl ModelSink for ModelBuilder {
             IdRole::Parent => event.parent_folder_id = Some(object(ObjectKind::Folder)),
             IdRole::OldObject(kind) => event.old_object = Some(object(kind)),
             IdRole::OldParent => event.old_parent_folder_id = Some(object(ObjectKind::Folder)),
+        }
+    }
+}
+
+/// Appends `raw` character data to `out` with XML line-end normalisation (CR LF and lone CR
+/// become LF).
+fn push_normalised_text(raw: &[u8], out: &mut ValueBuf) {
+    let mut rest = raw;
+    while let Some(cr) = rest.iter().position(|&b| b == b'\r') {
+        out.extend(&rest[..cr]);
+        out.push(b'\n');
+        rest = &rest[cr + 1..];
+        if rest.first() == Some(&b'\n') {
+            rest = &rest[1..];
+        }
+    }
+    out.extend(rest);
+}
+
+/// A byte buffer that stays inline for the short values the datatypes check, and spills to the
+/// heap only for long ones.
+struct ValueBuf {
+    inline: [u8; 128],
+    len: usize,
+    heap: Vec<u8>,
+    spilled: bool,
+}
+
+impl ValueBuf {
+    pub fn new() -> Self {
+        ValueBuf {
+            inline: [0; 128],
+            len: 0,
+            heap: Vec::new(),
+            spilled: false,
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.heap.clear();
+        self.spilled = false;
+    }
+
+    pub fn push(&mut self, b: u8) {
+        self.extend(&[b]);
+    }
+
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if !self.spilled {
+            if let Some(slot) = self.inline.get_mut(self.len..self.len + bytes.len()) {
+                slot.copy_from_slice(bytes);
+                self.len += bytes.len();
+                return;
+            }
+            self.heap.extend_from_slice(&self.inline[..self.len]);
+            self.spilled = true;
+        }
+        self.heap.extend_from_slice(bytes);
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        if self.spilled {
+            &self.heap
+        } else {
+            &self.inline[..self.len]
         }
     }
 }

@@ -22,6 +22,8 @@ pub const MAX_BODY_BYTES: usize = crate::config::MAX_BODY_BYTES_CEILING;
 
 pub(crate) struct IngestState {
     pub token: GatewayToken,
+    /// The notification paths (`[gateway] paths`).
+    pub paths: Vec<String>,
     pub limits: Limits,
     pub committer: GroupCommitter,
     pub metrics: Arc<WorkerMetrics>,
@@ -63,7 +65,7 @@ fn envelope(status: SubscriptionStatus) -> Response {
 /// Returns the metric label, the answer, and whether the request got as far as the store.
 async fn ingest(state: &IngestState, request: Request) -> (&'static str, Response, bool) {
     let (parts, body) = request.into_parts();
-    if !rules::is_notification_path(parts.uri.path()) {
+    if !rules::is_notification_path(parts.uri.path(), &state.paths) {
         return (
             "not_found",
             plain(StatusCode::NOT_FOUND, "not found"),

@@ -110,6 +110,7 @@ pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<Worker
     );
     let state = Arc::new(IngestState {
         token: rules::GatewayToken::new(&token),
+        paths: config.gateway.paths.clone(),
         limits: Limits::from(&config.validator),
         committer,
         metrics: metrics.clone(),

@@ -8,10 +8,6 @@ use subtle::ConstantTimeEq;
 use crate::notification::Notification;
 use crate::store::MAX_KEY_BYTES;
 
-/// The legacy IIS path, matched case-insensitively as IIS did.
-pub const LEGACY_PATH: &str = "/Webservices/SyncNotification.svc";
-/// The new path, matched exactly.
-pub const WEBHOOK_PATH: &str = "/api/webhooks/exchange";
 /// Tenant of requests whose query string names none.
 pub const DEFAULT_TENANT: &str = "default";
 /// Longest tenant name.
@@ -19,9 +15,11 @@ pub const MAX_TENANT_CHARS: usize = 64;
 /// Longest `X-Request-Id` kept.
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
-/// Does `path` (the raw request path, without query) name a notification endpoint?
-pub fn is_notification_path(path: &str) -> bool {
-    path.eq_ignore_ascii_case(LEGACY_PATH) || path == WEBHOOK_PATH
+/// Does `path` (the raw request path, without query) name a notification endpoint? The paths are
+/// the gateway's (`[gateway] paths`, one configuration for both), compared the same way: ASCII
+/// case-insensitively, as IIS did for the legacy path.
+pub fn is_notification_path(path: &str, paths: &[String]) -> bool {
+    paths.iter().any(|p| p.eq_ignore_ascii_case(path))
 }
 
 /// Why a query string names no acceptable tenant.
@@ -156,13 +154,15 @@ mod tests {
 
     #[test]
     fn notification_paths() {
+        let paths = crate::config::GatewayConfig::default().paths;
+        let is_notification_path = |path: &str| is_notification_path(path, &paths);
         assert!(is_notification_path("/Webservices/SyncNotification.svc"));
         assert!(is_notification_path("/WebServices/SyncNotification.svc"));
         assert!(is_notification_path("/webservices/syncnotification.SVC"));
         assert!(is_notification_path("/api/webhooks/exchange"));
+        assert!(is_notification_path("/api/webhooks/Exchange"));
         for other in [
             "/",
-            "/api/webhooks/Exchange",
             "/api/webhooks/exchange/",
             "/Webservices/SyncNotification.svc/",
             "/Webservices/SyncNotification.svc.bak",

@@ -183,6 +183,34 @@ fn encoding_errors_are_not_well_formed() {
 }
 
 #[test]
+fn byte_order_marks_after_the_first_are_characters() {
+    // quick-xml's Reader drops a U+FEFF at its start, and the tokenizer starts a fresh Reader
+    // after every start tag: there the mark is character data and must stay.
+    let id = |value: &str| {
+        let body = notification(STATUS).replace(">sub<", &format!(">{value}<"));
+        let model = parse(body.as_bytes(), &limits()).expect("valid");
+        model.response_messages[0].subscription_id.clone()
+    };
+    assert_eq!(id("\u{FEFF}").as_deref(), Some("\u{FEFF}"));
+    assert_eq!(
+        id("\u{FEFF}\u{FEFF}b").as_deref(),
+        Some("\u{FEFF}\u{FEFF}b")
+    );
+    refused(
+        notification(STATUS).replace("<s:Body>", "<s:Body>\u{FEFF}"),
+        SchemaStructure,
+    );
+    refused(
+        notification(STATUS).replace(
+            "<t:SubscriptionId>",
+            "<t:StatusEvent/>\u{FEFF}<t:SubscriptionId>",
+        ),
+        SchemaStructure,
+    );
+    refused(format!("{}\u{FEFF}", notification(STATUS)), NotWellFormed);
+}
+
+#[test]
 fn non_utf8_documents_are_unsupported() {
     let body = notification(STATUS);
     for prefix in [
