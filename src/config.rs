@@ -464,9 +464,29 @@ impl Config {
 }
 
 fn one_line(error: &figment::Error) -> String {
-    // figment words its errors as "<problem> for key \"default.gateway.listen\" in <source>"; keep
-    // it on one line and drop figment's profile prefix, which means nothing to an operator.
-    error.to_string().replace("default.", "").replace('\n', " ")
+    // figment's own wording carries its profile and an upper-case key for environment values;
+    // say instead which key, what is wrong, and where the value came from.
+    let key = error
+        .path
+        .iter()
+        .map(|part| part.to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(".");
+    let metadata = error.metadata.as_ref();
+    let origin = match metadata.and_then(|m| m.source.as_ref()) {
+        Some(figment::Source::File(path)) => format!(" (in {})", path.display()),
+        _ if metadata.is_some_and(|m| m.name.contains("environment")) => format!(
+            " (in environment variable {ENV_PREFIX}{})",
+            key.to_ascii_uppercase().replace('.', "__")
+        ),
+        _ => String::new(),
+    };
+    let problem = error.kind.to_string().replace('\n', " ");
+    if key.is_empty() {
+        format!("{problem}{origin}")
+    } else {
+        format!("`{key}`: {problem}{origin}")
+    }
 }
 
 fn check_socket_addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {

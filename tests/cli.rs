@@ -1,0 +1,173 @@
+//! The `pushgate` binary as operators run it: configuration errors name the key in one line, the
+//! gateway starts from a file plus environment overrides, serves, and stops cleanly on SIGTERM.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on setup failures
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pushgate::exchange_sim::client::{self, Target};
+
+fn pushgate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pushgate"))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn bad_configuration_is_one_line_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("p.toml");
+    std::fs::write(&file, "[gateway]\nmax_body_bytes = 100000\n").unwrap();
+    let output = pushgate()
+        .args(["config", "check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("gateway.max_body_bytes"), "{stderr}");
+
+    let output = pushgate()
+        .args(["config", "check"])
+        .env("PUSHGATE__WORKER__RETENTION_DAYS", "forever")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("worker.retention_days"), "{stderr}");
+    assert!(
+        stderr.contains("PUSHGATE__WORKER__RETENTION_DAYS"),
+        "names where it came from: {stderr}"
+    );
+
+    let output = pushgate()
+        .args(["config", "check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn config_check_prints_the_effective_configuration() {
+    let output = pushgate()
+        .args(["config", "check"])
+        .env("PUSHGATE__GATEWAY__PATHS", "[\"/api/webhooks/exchange\"]")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let effective: toml::Table = String::from_utf8(output.stdout).unwrap().parse().unwrap();
+    assert_eq!(
+        effective["gateway"]["paths"].as_array().unwrap().len(),
+        1,
+        "the environment override is in effect"
+    );
+}
+
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    assert_eq!(
+        pushgate().arg("--help").output().unwrap().status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        pushgate().arg("frobnicate").output().unwrap().status.code(),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_process_serves_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, ca_pem) = common::write_pki(dir.path());
+    std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+    std::fs::write(dir.path().join("ranges.txt"), "127.0.0.2/32\n").unwrap();
+    let (tls_port, metrics_port) = (free_port(), free_port());
+    let file = dir.path().join("pushgate.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\ntls_cert = {cert:?}\ntls_key = {key:?}\n\
+             ranges_file = {:?}\nupstream_token_file = {:?}\naccess_log = \"off\"\n",
+            dir.path().join("ranges.txt"),
+            dir.path().join("token"),
+        ),
+    )
+    .unwrap();
+    let mut child = pushgate()
+        .args(["gateway", "--config"])
+        .arg(&file)
+        // The environment wins over the file.
+        .env("PUSHGATE__GATEWAY__LISTEN", format!("127.0.0.1:{tls_port}"))
+        .env(
+            "PUSHGATE__GATEWAY__METRICS_LISTEN",
+            format!("127.0.0.1:{metrics_port}"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let target = Target::tls(
+        format!("127.0.0.1:{tls_port}").parse().unwrap(),
+        &ca_pem,
+        "localhost",
+    )
+    .unwrap()
+    .from(common::ALLOWED);
+    let health = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let started = Instant::now();
+    let response = loop {
+        match client::exchange(&target, health, Duration::from_secs(5)).await {
+            Ok(response) => break response,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("gateway did not come up: {e}"),
+        }
+    };
+    assert_eq!(response.status, 200);
+    let metrics = client::exchange(
+        &Target::plain(format!("127.0.0.1:{metrics_port}").parse().unwrap()),
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    assert!(String::from_utf8_lossy(&metrics.body).contains("pushgate_allowlist_entries 1"));
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+                return (status, stderr);
+            }
+            assert!(Instant::now() < deadline, "gateway did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.0.success(),
+        "exit status {:?}: {}",
+        output.0,
+        output.1
+    );
+    assert!(output.1.contains("gateway started"), "{}", output.1);
+    assert!(output.1.contains("shutting down"), "{}", output.1);
+}
