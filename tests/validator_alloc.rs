@@ -1,11 +1,18 @@
-//! The gateway's hot path: `validate` allocates nothing for bodies like Exchange's (checked with a
-//! counting global allocator, per thread).
+//! The gateway's hot path: `validate` makes a small, constant number of heap allocations per body,
+//! whatever the body's size (checked with a counting global allocator, per thread). They come from
+//! quick-xml's Reader, which records the names of open elements in two vectors: their growth
+//! depends on nesting depth and name length, which Exchange's bodies share, not on the number of
+//! events. Measured: 7 for Exchange's capture, the 50-event body (26 KB) and a 500-event body; 6
+//! for the shallower Error-without-Notification fixture.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use pushgate::notification::{notification_xml, parse, validate, Limits};
+
+/// The most allocations one `validate` call may make for a valid body like Exchange's.
+const MAX_ALLOCATIONS_PER_BODY: usize = 8;
 
 struct CountingAllocator;
 
@@ -41,8 +48,35 @@ fn allocations_during(f: impl FnOnce()) -> usize {
     ALLOCATIONS.with(Cell::get) - before
 }
 
+fn fixture(name: &str) -> Vec<u8> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/notifications")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The calendar-item fixture with its events repeated up to `count` (written as Exchange would).
+fn with_events(count: usize) -> Vec<u8> {
+    let limits = Limits::default();
+    let mut model = parse(&fixture("created-calendar-item.xml"), &limits).expect("valid");
+    if let Some(content) = model.response_messages[0].notification.as_mut() {
+        let events = content.events.clone();
+        content.events = events.iter().cycle().take(count).cloned().collect();
+    }
+    notification_xml(&model).into_bytes()
+}
+
+/// Allocations of one `validate` call on a body that must be valid with `events` events.
+fn allocations_of_valid(body: &[u8], events: usize) -> usize {
+    let limits = Limits::default();
+    allocations_during(|| {
+        let summary = validate(std::hint::black_box(body), &limits);
+        assert_eq!(summary.map(|s| s.events), Ok(events));
+    })
+}
+
 #[test]
-fn validate_does_not_allocate_on_valid_fixtures() {
+fn validate_allocates_a_small_constant_on_valid_fixtures() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/notifications");
     let limits = Limits::default();
     let mut checked = 0;
@@ -55,31 +89,45 @@ fn validate_does_not_allocate_on_valid_fixtures() {
         let count = allocations_during(|| {
             let _ = std::hint::black_box(validate(std::hint::black_box(&body), &limits));
         });
-        assert_eq!(count, 0, "{} allocated {count} times", path.display());
+        assert!(
+            (1..=MAX_ALLOCATIONS_PER_BODY).contains(&count),
+            "{} allocated {count} times (bound {MAX_ALLOCATIONS_PER_BODY})",
+            path.display()
+        );
         checked += 1;
     }
     assert_eq!(checked, 7);
 }
 
 #[test]
-fn validate_does_not_allocate_for_fifty_events() {
-    let limits = Limits::default();
-    let body = std::fs::read(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/notifications/created-calendar-item.xml"),
-    )
-    .expect("fixture");
-    let mut model = parse(&body, &limits).expect("valid");
-    if let Some(content) = model.response_messages[0].notification.as_mut() {
-        let events = content.events.clone();
-        content.events = events.iter().cycle().take(50).cloned().collect();
-    }
-    let big = notification_xml(&model);
-    let count = allocations_during(|| {
-        let summary = validate(std::hint::black_box(big.as_bytes()), &limits);
-        assert_eq!(summary.map(|s| s.events), Ok(50));
-    });
-    assert_eq!(count, 0);
+fn validate_allocations_do_not_grow_with_the_number_of_events() {
+    let capture = fixture("exo-capture.xml");
+    let one = with_events(1);
+    let fifty = with_events(50);
+    let five_hundred = with_events(500);
+    assert!(capture.len() < 2_100 && fifty.len() > 25_000 && five_hundred.len() > 250_000);
+    let capture_count = allocations_of_valid(&capture, 2);
+    let one_count = allocations_of_valid(&one, 1);
+    let fifty_count = allocations_of_valid(&fifty, 50);
+    let five_hundred_count = allocations_of_valid(&five_hundred, 500);
+    eprintln!(
+        "allocations per validate: capture {capture_count}, 1 event {one_count}, \
+         50 events {fifty_count}, 500 events {five_hundred_count}"
+    );
+    assert!(
+        capture_count <= MAX_ALLOCATIONS_PER_BODY,
+        "capture: {capture_count}"
+    );
+    // The same nesting, ten and a hundred times the events: the same count, not just a bound.
+    assert_eq!(
+        (fifty_count, five_hundred_count),
+        (one_count, one_count),
+        "1, 50 and 500 events"
+    );
+    assert!(
+        one_count <= MAX_ALLOCATIONS_PER_BODY,
+        "one event: {one_count}"
+    );
 }
 
 #[test]

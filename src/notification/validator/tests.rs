@@ -431,6 +431,51 @@ fn tags_and_attributes() {
 }
 
 #[test]
+fn tags_as_quick_xml_delimits_them() {
+    for good in [
+        "<y a=\"/>\"/>",
+        "<y a='>' b=\"'\"></y>",
+        "<y\ta=\"1\"\n\tb='2'\n/>",
+        "<y></y\t\n>",
+    ] {
+        valid(in_message_xml(good));
+    }
+    for bad in [
+        "<y\"a\"/>",
+        "<y=a/>",
+        "<y/a/>",
+        "<y a=\"1\"/ >",
+        "<y a=\"1\"\tb/>",
+        "<y><z></y></z>",
+    ] {
+        refused(in_message_xml(bad), NotWellFormed);
+    }
+    refused(format!("{}</x>", notification(STATUS)), NotWellFormed);
+    refused(
+        &notification(STATUS)[..notification(STATUS).len() - 1],
+        NotWellFormed,
+    );
+}
+
+#[test]
+fn offsets_point_at_the_fault() {
+    let cases = [
+        ("<y a=\"1<\"/>", "<\"/>"),
+        ("<y a=\"1\" b=\"2\"c=\"3\"/>", "c=\"3\""),
+        ("<y></z>", "</z>"),
+        ("<y a=\"&bogus;\"/>", "&bogus;"),
+        ("<y\u{D7}/>", "\u{D7}"),
+    ];
+    for (content, fault) in cases {
+        for bom in ["", "\u{FEFF}"] {
+            let body = format!("{bom}{}", in_message_xml(content));
+            let rejection = refused(&body, NotWellFormed);
+            assert_eq!(offset(&rejection), body.find(fault).unwrap(), "{rejection}");
+        }
+    }
+}
+
+#[test]
 fn namespace_rules() {
     valid(in_message_xml(
         "<y xmlns:xml=\"http://www.w3.org/XML/1998/namespace\" xml:space=\"bogus\"/>",
