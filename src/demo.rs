@@ -173,10 +173,6 @@ fn metric_in(text: &str, sample: &str) -> f64 {
 
 /// `pushgate demo`.
 pub fn run(keep: bool) -> anyhow::Result<()> {
-    crate::telemetry::init(&crate::config::LogConfig {
-        level: "error".into(),
-        format: "text".into(),
-    });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -186,13 +182,16 @@ pub fn run(keep: bool) -> anyhow::Result<()> {
         .prefix("pushgate-demo-")
         .tempdir()
         .context("creating the demo directory")?;
+    // The parts log as in production, into the demo directory; the report is what is printed.
+    crate::telemetry::init_to_file("info", &dir.path().join("pushgate.log"))
+        .context("opening the demo log")?;
     let report = runtime.block_on(play(dir.path()))?;
     print!("{}", report.text);
     let failed: Vec<&Check> = report.checks.iter().filter(|c| !c.ok).collect();
     if keep {
         let kept = dir.keep();
         println!(
-            "\nFiles kept in {} (access log, database, certificate).",
+            "\nFiles kept in {} (pushgate.log, access.log, database, certificate).",
             kept.display()
         );
     }

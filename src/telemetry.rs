@@ -20,6 +20,25 @@ pub fn init(config: &LogConfig) {
     let _ = result;
 }
 
+/// Installs the global subscriber writing JSON lines to `path` (the demo keeps the parts' logs out
+/// of its report); a no-op when one is installed already.
+pub fn init_to_file(level: &str, path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::sync::Mutex::new(file))
+        .with_ansi(false)
+        .json()
+        .flatten_event(true)
+        .try_init();
+    Ok(())
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn wait_for_shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -281,8 +281,8 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
     ));
 
     tracing::info!(
-        tls = ?tls_addr,
-        plain = ?plain_addr,
+        tls = tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        plain = plain_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         metrics = %metrics_addr,
         upstream = %upstream.addr,
         allowlist_entries = allowlist.current().set.len(),

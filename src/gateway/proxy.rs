@@ -331,6 +331,12 @@ impl ProxyHttp for GatewayProxy {
         e
     }
 
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        // Every failure is counted, logged once by `logging` (with the request id) and written to
+        // the access log; pingora's own error line would say it a second time.
+        true
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
