@@ -39,42 +39,36 @@ const MAX_HEADERS: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 
-/// How a connection's source was admitted.
+/// How a connection's source is admitted: is the peer a load balancer whose PROXY header or
+/// `X-Forwarded-For` is believed? Every other admitted peer speaks for itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerClass {
-    /// A load balancer whose PROXY header / `X-Forwarded-For` is believed.
     TrustedProxy,
-    /// In the allowlist (Microsoft's ranges plus the operator's).
-    Allowlisted,
-    /// An administrators' network: may look at the page and the health check.
-    Probe,
+    /// In the allowlist, or an administrators' network (which may only look).
+    Direct,
 }
 
-/// The source filter: decides on the peer address alone, before TLS.
+/// The source filter: decides on the peer address alone, before TLS, through pingora's
+/// `ConnectionFilter` interface.
 #[derive(Debug, Clone)]
 pub struct SourceFilter {
     shared: Arc<Shared>,
 }
 
 impl SourceFilter {
-    pub fn classify(&self, ip: IpAddr) -> Option<PeerClass> {
+    /// Trusted proxies, the allowlist and the probe networks may connect; nobody else.
+    pub fn admits(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
-        if self.shared.trusted.contains(ip) {
-            Some(PeerClass::TrustedProxy)
-        } else if self.shared.admits(ip) {
-            Some(PeerClass::Allowlisted)
-        } else if self.shared.probes.contains(ip) {
-            Some(PeerClass::Probe)
-        } else {
-            None
-        }
+        self.shared.trusted.contains(ip)
+            || self.shared.admits(ip)
+            || self.shared.probes.contains(ip)
     }
 }
 
 #[async_trait]
 impl ConnectionFilter for SourceFilter {
     async fn should_accept(&self, addr: Option<&SocketAddr>) -> bool {
-        addr.is_some_and(|addr| self.classify(addr.ip()).is_some())
+        addr.is_some_and(|addr| self.admits(addr.ip()))
     }
 }
 
@@ -132,8 +126,11 @@ pub async fn accept_loop(
             drop(tcp);
             continue;
         }
-        let Some(class) = filter.classify(peer.ip()) else {
-            continue;
+        // The short trusted-proxy list is scanned again rather than the allowlist looked up twice.
+        let class = if shared.trusted.contains(peer.ip()) {
+            PeerClass::TrustedProxy
+        } else {
+            PeerClass::Direct
         };
         shared.metrics.connections_accepted.inc();
         let shared = shared.clone();
