@@ -188,7 +188,6 @@ impl SimSubscription {
     pub fn item_event(&mut self, kind: EventKind, item: &str, timestamp: &str) {
         let watermark = self.next_watermark();
         let mut event = Event {
-            kind,
             watermark: Some(watermark),
             timestamp: Some(timestamp.to_string()),
             object: Some(ObjectId {
@@ -201,9 +200,7 @@ impl SimSubscription {
                 id: format!("{}-calendar", self.id),
                 change_key: Some("AQAAAA==".into()),
             }),
-            old_object: None,
-            old_parent_folder_id: None,
-            unread_count: None,
+            ..Event::bare(kind)
         };
         if kind.has_old_ids() {
             event.old_object = event.object.clone();
@@ -216,14 +213,8 @@ impl SimSubscription {
     pub fn heartbeat(&mut self) {
         let watermark = self.next_watermark();
         self.pending.push_back(Event {
-            kind: EventKind::Status,
             watermark: Some(watermark),
-            timestamp: None,
-            object: None,
-            parent_folder_id: None,
-            old_object: None,
-            old_parent_folder_id: None,
-            unread_count: None,
+            ..Event::bare(EventKind::Status)
         });
     }
 

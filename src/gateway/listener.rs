@@ -191,26 +191,13 @@ async fn serve_connection(
             tracing::debug!(%peer, error = %e, "reading request head");
             return;
         }
-        Ok(Err(HeadFailure::Refused(reject))) => {
-            // The head did not even parse: answer without a route.
-            let request_id = new_request_id();
-            let decision = Decision {
-                method: String::new(),
-                target: String::new(),
-                client: Some(source),
-                outcome: Err(reject),
-            };
-            finish_direct(
-                &mut stream,
-                &decision,
-                peer,
-                &request_id,
-                tls_version.as_deref(),
-                shared,
-            )
-            .await;
-            return;
-        }
+        // The head did not even parse: answered like any refusal, without a route.
+        Ok(Err(HeadFailure::Refused(reject))) => Decision {
+            method: String::new(),
+            target: String::new(),
+            client: Some(source),
+            outcome: Err(reject),
+        },
         Err(_elapsed) => {
             shared
                 .metrics

@@ -73,6 +73,22 @@ pub struct Event {
     pub unread_count: Option<i32>,
 }
 
+impl Event {
+    /// An event of `kind` with nothing else filled in yet.
+    pub fn bare(kind: EventKind) -> Event {
+        Event {
+            kind,
+            watermark: None,
+            timestamp: None,
+            object: None,
+            parent_folder_id: None,
+            old_object: None,
+            old_parent_folder_id: None,
+            unread_count: None,
+        }
+    }
+}
+
 /// The event element names of `t:NotificationType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum EventKind {

@@ -300,16 +300,7 @@ impl ModelSink for ModelBuilder {
     }
 
     fn event_start(&mut self, kind: EventKind) {
-        self.event = Some(Event {
-            kind,
-            watermark: None,
-            timestamp: None,
-            object: None,
-            parent_folder_id: None,
-            old_object: None,
-            old_parent_folder_id: None,
-            unread_count: None,
-        });
+        self.event = Some(Event::bare(kind));
     }
 
     fn event_end(&mut self) {
