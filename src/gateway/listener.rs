@@ -58,7 +58,7 @@ pub struct SourceFilter {
 impl SourceFilter {
     /// Trusted proxies, the allowlist and the probe networks may connect; nobody else.
     pub fn admits(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
+        // Each list looks `::ffff:a.b.c.d` up as IPv4 itself.
         self.shared.trusted.contains(ip)
             || self.shared.admits(ip)
             || self.shared.probes.contains(ip)

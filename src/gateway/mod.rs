@@ -60,7 +60,8 @@ impl std::fmt::Debug for Shared {
 impl Shared {
     /// Whether the allowlist loaded now admits `ip`.
     pub fn admits(&self, ip: IpAddr) -> bool {
-        self.allowlist.current().set.contains(client::canonical(ip))
+        // The set looks `::ffff:a.b.c.d` up as IPv4 itself.
+        self.allowlist.current().set.contains(ip)
     }
 
     /// Healthy while a non-empty list is loaded (a reload never swaps in an empty one).

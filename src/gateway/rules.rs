@@ -84,11 +84,7 @@ pub fn route(head: &Head<'_>, policy: &RulePolicy) -> Result<Route, Reject> {
     }
 
     let (path, query) = split_target(head.target);
-    let is_notification_path = policy
-        .paths
-        .iter()
-        .any(|configured| configured.as_bytes().eq_ignore_ascii_case(path));
-    if !is_notification_path {
+    if !is_notification_path(path, &policy.paths) {
         if path == HEALTH_PATH.as_bytes() && query.is_none() {
             return match head.method {
                 "GET" => Ok(Route::Health { head_only: false }),
@@ -128,6 +124,14 @@ pub fn route(head: &Head<'_>, policy: &RulePolicy) -> Result<Route, Reject> {
         expect_continue,
         tenant,
     }))
+}
+
+/// Whether a raw path is one of the configured notification paths: ASCII case-insensitive, as IIS
+/// matched the legacy path; shared with the worker, which serves the same paths.
+pub fn is_notification_path(path: &[u8], paths: &[String]) -> bool {
+    paths
+        .iter()
+        .any(|configured| configured.as_bytes().eq_ignore_ascii_case(path))
 }
 
 /// Splits the raw target at the first `?`. A `#` never belongs in a request target; it is left in
@@ -215,9 +219,13 @@ fn check_host(head: &Head<'_>) -> Result<(), Reject> {
     }
 }
 
-/// Tenant name as the legacy `?{tenant}` form or `tenant=` carries it.
+/// Longest tenant name.
+pub const MAX_TENANT_CHARS: usize = 64;
+
+/// Tenant name as the legacy `?{tenant}` form or `tenant=` carries it: `[A-Za-z0-9_.-]{1,64}`.
+/// Shared with the worker.
 pub fn is_tenant_name(name: &[u8]) -> bool {
-    (1..=64).contains(&name.len())
+    (1..=MAX_TENANT_CHARS).contains(&name.len())
         && name
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))

@@ -5,13 +5,14 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+// The gateway's pure request rules: the worker serves the same paths and tenants.
+use crate::gateway::rules::{is_tenant_name, MAX_TENANT_CHARS};
+
 use crate::notification::Notification;
 use crate::store::MAX_KEY_BYTES;
 
 /// Tenant of requests whose query string names none.
 pub const DEFAULT_TENANT: &str = "default";
-/// Longest tenant name.
-pub const MAX_TENANT_CHARS: usize = 64;
 /// Longest `X-Request-Id` kept.
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
@@ -19,7 +20,7 @@ pub const MAX_REQUEST_ID_CHARS: usize = 128;
 /// the gateway's (`[gateway] paths`, one configuration for both), compared the same way: ASCII
 /// case-insensitively, as IIS did for the legacy path.
 pub fn is_notification_path(path: &str, paths: &[String]) -> bool {
-    paths.iter().any(|p| p.eq_ignore_ascii_case(path))
+    crate::gateway::rules::is_notification_path(path.as_bytes(), paths)
 }
 
 /// Why a query string names no acceptable tenant.
@@ -34,11 +35,7 @@ pub fn tenant(query: Option<&str>) -> Result<String, BadTenant> {
         None | Some("") => return Ok(DEFAULT_TENANT.to_string()),
         Some(query) => query.strip_prefix("tenant=").unwrap_or(query),
     };
-    let valid = (1..=MAX_TENANT_CHARS).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if valid {
+    if is_tenant_name(name.as_bytes()) {
         Ok(name.to_string())
     } else {
         Err(BadTenant)
