@@ -11,8 +11,9 @@ use std::time::Duration;
 use pushgate::config::UnknownSubscriptions;
 use pushgate::notification::{EventKind, SubscriptionStatus};
 use pushgate::store::{
-    self, EventState, EventStore, GroupCommitOptions, GroupCommitter, IncidentKind, IngestResult,
-    StoreError, SubscriptionState,
+    self, EventState, FinishOutcome, GroupCommitOptions, GroupCommitter, IncidentKind,
+    IngestResult, Lease, MailboxState, PutMailbox, RenewCause, StoreError, SubscribeOutcome,
+    SubscriptionState,
 };
 use time::OffsetDateTime;
 use worker_support::*;
@@ -39,7 +40,7 @@ impl Db {
         }
     }
 
-    async fn open(&self) -> Arc<dyn EventStore> {
+    async fn open(&self) -> Arc<dyn store::Store> {
         store::open(self.url()).await.expect("open store")
     }
 
@@ -105,6 +106,11 @@ conformance!(
     concurrent_group_commits_store_everything_once,
     two_stores_on_one_database_store_each_event_once,
     reopen_keeps_data,
+    mailbox_sync_on_and_off,
+    mailboxes_list_in_pages,
+    subscribe_lifecycle_replaces_the_old_subscription,
+    due_mailboxes_follow_the_watchdog,
+    a_lease_keeps_other_workers_out,
 );
 
 conformance!(
@@ -298,6 +304,11 @@ async fn watermark_chain_and_gap(db: &Db) {
     let record = store.subscription("S-chain").await.unwrap().unwrap();
     assert_eq!(record.state, SubscriptionState::ResyncNeeded);
     assert_eq!(record.last_watermark.as_deref(), Some("W6"));
+    assert_eq!(
+        record.replay_from.as_deref(),
+        Some("W3"),
+        "a renewal replays from the last watermark before the gap"
+    );
     assert!(record.state_reason.unwrap().contains("W5"));
     let incidents = store.incidents(Some("S-chain")).await.unwrap();
     assert_eq!(incidents.len(), 1);
@@ -748,4 +759,429 @@ async fn database_urls_that_cannot_keep_data_are_refused() {
         let error = store::open(url).await.err().expect("refused");
         assert!(matches!(error, StoreError::Config(_)), "{url}: {error}");
     }
+}
+
+fn put(address: &str, sync: bool) -> PutMailbox {
+    PutMailbox {
+        address: address.into(),
+        tenant: None,
+        sync,
+    }
+}
+
+fn lease(owner: &str, now: OffsetDateTime) -> Lease {
+    Lease {
+        owner: owner.into(),
+        until: now + time::Duration::minutes(2),
+    }
+}
+
+fn subscribed(id: &str, watermark: &str) -> SubscribeOutcome {
+    SubscribeOutcome::Subscribed {
+        subscription_id: id.into(),
+        watermark: watermark.into(),
+        resync: false,
+    }
+}
+
+/// Subscribes `address` (sync on) as the subscription manager would, with `id`.
+async fn subscribe(store: &dyn store::Store, address: &str, id: &str, now: OffsetDateTime) {
+    store.put_mailbox(&put(address, true), now).await.unwrap();
+    let lease = lease("w1", now);
+    store
+        .begin_subscribe(address, &lease, MailboxState::Subscribing, None, now)
+        .await
+        .unwrap()
+        .expect("leased");
+    let outcome = store
+        .finish_subscribe(address, &lease, &subscribed(id, &format!("{id}-W0")), now)
+        .await
+        .unwrap();
+    assert_eq!(outcome, FinishOutcome::Recorded);
+}
+
+async fn mailbox_sync_on_and_off(db: &Db) {
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    let created = store
+        .put_mailbox(&put("room1@contoso.com", true), now)
+        .await
+        .unwrap();
+    assert!(created.created);
+    assert_eq!(created.view.mailbox.state, MailboxState::Subscribing);
+    assert_eq!(created.view.mailbox.tenant, "default");
+    let again = store
+        .put_mailbox(&put("room1@contoso.com", true), now)
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.view, created.view, "idempotent");
+
+    subscribe(&*store, "room1@contoso.com", "S-room1", now).await;
+    let view = store.mailbox("room1@contoso.com").await.unwrap().unwrap();
+    assert_eq!(view.mailbox.state, MailboxState::Active);
+    assert_eq!(view.mailbox.subscription_id.as_deref(), Some("S-room1"));
+    let subscription = view.subscription.expect("joined");
+    assert_eq!(subscription.last_watermark.as_deref(), Some("S-room1-W0"));
+    assert_eq!(subscription.mailbox.as_deref(), Some("room1@contoso.com"));
+
+    // Its notifications are stored while it is current...
+    let ok = request(notification(
+        "S-room1",
+        Some("S-room1-W0"),
+        vec![event(EventKind::Created, Some("S-room1-W1"))],
+    ));
+    let outcome = store.commit(&[ok], Unsubscribe).await.unwrap().remove(0);
+    assert_eq!(outcome.result, IngestResult::Stored);
+    let view = store.mailbox("room1@contoso.com").await.unwrap().unwrap();
+    assert!(view.subscription.unwrap().last_notification_at.is_some());
+
+    // ...and answered Unsubscribe once sync is off, with nothing stored.
+    let off = store
+        .put_mailbox(&put("room1@contoso.com", false), now)
+        .await
+        .unwrap();
+    assert_eq!(off.view.mailbox.state, MailboxState::Off);
+    assert_eq!(off.view.mailbox.subscription_id, None);
+    let record = store.subscription("S-room1").await.unwrap().unwrap();
+    assert_eq!(record.state, SubscriptionState::Unsubscribed);
+    let late = request(notification(
+        "S-room1",
+        Some("S-room1-W1"),
+        vec![event(EventKind::Modified, Some("S-room1-W2"))],
+    ));
+    let outcome = store.commit(&[late], Unsubscribe).await.unwrap().remove(0);
+    assert_eq!(outcome.result, IngestResult::Unsubscribe);
+    assert!(outcome.unknown.is_empty(), "known, just unwanted");
+    assert_eq!(store.events(Some("S-room1")).await.unwrap().len(), 1);
+
+    // An id nobody asked for is reported as unknown (the worker may hold it).
+    let stranger = request(notification(
+        "S-stranger",
+        Some("X0"),
+        vec![event(EventKind::Modified, Some("X1"))],
+    ));
+    let outcome = store
+        .commit(&[stranger], Unsubscribe)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(outcome.result, IngestResult::Unsubscribe);
+    assert_eq!(outcome.unknown, vec!["S-stranger".to_string()]);
+
+    assert!(store
+        .delete_mailbox("room1@contoso.com", now)
+        .await
+        .unwrap());
+    assert!(!store
+        .delete_mailbox("room1@contoso.com", now)
+        .await
+        .unwrap());
+    assert!(store.mailbox("room1@contoso.com").await.unwrap().is_none());
+}
+
+async fn mailboxes_list_in_pages(db: &Db) {
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    for i in (0..25).rev() {
+        store
+            .put_mailbox(&put(&format!("room{i:02}@contoso.com"), i % 2 == 0), now)
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.mailboxes(after.as_deref(), 10).await.unwrap();
+        assert!(page.len() <= 10);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|v| v.mailbox.address.clone());
+        seen.extend(page.into_iter().map(|v| v.mailbox.address));
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("room{i:02}@contoso.com")).collect();
+    assert_eq!(seen, expected);
+    let summary = store.mailbox_summary().await.unwrap();
+    let count = |state| {
+        summary
+            .by_state
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(count(MailboxState::Subscribing), 13);
+    assert_eq!(count(MailboxState::Off), 12);
+}
+
+async fn subscribe_lifecycle_replaces_the_old_subscription(db: &Db) {
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    subscribe(&*store, "room1@contoso.com", "S-1", now).await;
+
+    // A renewal that fails transiently keeps the old subscription and waits.
+    let lease = lease("w1", now);
+    let view = store
+        .begin_subscribe(
+            "room1@contoso.com",
+            &lease,
+            MailboxState::Renewing,
+            Some(RenewCause::Silence),
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.mailbox.state, MailboxState::Renewing);
+    assert!(store.subscribe_in_flight(now).await.unwrap());
+    let retry_at = now + time::Duration::seconds(30);
+    store
+        .finish_subscribe(
+            "room1@contoso.com",
+            &lease,
+            &SubscribeOutcome::Failed {
+                error: "ErrorServerBusy".into(),
+                next_attempt_at: retry_at,
+                failed: false,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    assert!(!store.subscribe_in_flight(now).await.unwrap());
+    let view = store.mailbox("room1@contoso.com").await.unwrap().unwrap();
+    assert_eq!(view.mailbox.state, MailboxState::Renewing);
+    assert_eq!(view.mailbox.renew_cause, Some(RenewCause::Silence));
+    assert_eq!(view.mailbox.attempts, 1);
+    assert_eq!(view.mailbox.last_error.as_deref(), Some("ErrorServerBusy"));
+    assert_eq!(view.mailbox.subscription_id.as_deref(), Some("S-1"));
+
+    // The retry succeeds: S-2 is current, S-1 unwanted.
+    store
+        .begin_subscribe(
+            "room1@contoso.com",
+            &lease,
+            MailboxState::Renewing,
+            None,
+            retry_at,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .finish_subscribe(
+            "room1@contoso.com",
+            &lease,
+            &SubscribeOutcome::Subscribed {
+                subscription_id: "S-2".into(),
+                watermark: "S-2-W0".into(),
+                resync: true,
+            },
+            retry_at,
+        )
+        .await
+        .unwrap();
+    let view = store.mailbox("room1@contoso.com").await.unwrap().unwrap();
+    assert_eq!(view.mailbox.state, MailboxState::Active);
+    assert_eq!(view.mailbox.subscription_id.as_deref(), Some("S-2"));
+    assert_eq!(view.mailbox.attempts, 0);
+    assert_eq!(view.mailbox.last_error, None);
+    assert!(view.mailbox.resync_requested_at.is_some());
+    let old = store.subscription("S-1").await.unwrap().unwrap();
+    assert_eq!(old.state, SubscriptionState::Unsubscribed);
+
+    // A subscription finished after sync was switched off is stored as unwanted.
+    store
+        .begin_subscribe(
+            "room1@contoso.com",
+            &lease,
+            MailboxState::Renewing,
+            None,
+            retry_at,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .put_mailbox(&put("room1@contoso.com", false), retry_at)
+        .await
+        .unwrap();
+    let outcome = store
+        .finish_subscribe(
+            "room1@contoso.com",
+            &lease,
+            &subscribed("S-3", "S-3-W0"),
+            retry_at,
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome, FinishOutcome::Abandoned);
+    let late = store.subscription("S-3").await.unwrap().unwrap();
+    assert_eq!(late.state, SubscriptionState::Unsubscribed);
+    let view = store.mailbox("room1@contoso.com").await.unwrap().unwrap();
+    assert_eq!(view.mailbox.state, MailboxState::Off);
+}
+
+async fn due_mailboxes_follow_the_watchdog(db: &Db) {
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    let minute = time::Duration::minutes(1);
+    let addresses = |views: Vec<store::MailboxView>| -> HashSet<String> {
+        views.into_iter().map(|v| v.mailbox.address).collect()
+    };
+    store
+        .put_mailbox(&put("new@contoso.com", true), now)
+        .await
+        .unwrap();
+    store
+        .put_mailbox(&put("off@contoso.com", false), now)
+        .await
+        .unwrap();
+    subscribe(&*store, "fresh@contoso.com", "S-fresh", now).await;
+    subscribe(&*store, "errored@contoso.com", "S-err", now).await;
+    let due = addresses(
+        store
+            .due_mailboxes(now, now - 10 * minute, 100)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(due, HashSet::from(["new@contoso.com".to_string()]));
+
+    // An Error notification flags its subscription: due at once.
+    store
+        .commit(&[request(error_notification(Some("S-err")))], Unsubscribe)
+        .await
+        .unwrap();
+    let due = addresses(
+        store
+            .due_mailboxes(now, now - 10 * minute, 100)
+            .await
+            .unwrap(),
+    );
+    assert!(due.contains("errored@contoso.com"));
+    assert!(!due.contains("fresh@contoso.com"));
+
+    // Silence: nothing heard since before the cutoff.
+    let later = now + 20 * minute;
+    let due = addresses(
+        store
+            .due_mailboxes(later, later - 10 * minute, 100)
+            .await
+            .unwrap(),
+    );
+    assert!(due.contains("fresh@contoso.com"));
+    assert!(!due.contains("off@contoso.com"));
+    // A heartbeat resets the silence.
+    let heartbeat = request(notification(
+        "S-fresh",
+        Some("S-fresh-W0"),
+        vec![event(EventKind::Status, Some("S-fresh-W1"))],
+    ));
+    store.commit(&[heartbeat], Unsubscribe).await.unwrap();
+    let cutoff = OffsetDateTime::now_utc() - minute;
+    let due = addresses(store.due_mailboxes(now, cutoff, 100).await.unwrap());
+    assert!(!due.contains("fresh@contoso.com"));
+
+    // A failed mailbox waits for its retry time.
+    let lease = lease("w1", now);
+    store
+        .begin_subscribe(
+            "new@contoso.com",
+            &lease,
+            MailboxState::Subscribing,
+            None,
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    store
+        .finish_subscribe(
+            "new@contoso.com",
+            &lease,
+            &SubscribeOutcome::Failed {
+                error: "ErrorNonExistentMailbox".into(),
+                next_attempt_at: now + 60 * minute,
+                failed: true,
+            },
+            now,
+        )
+        .await
+        .unwrap();
+    let due = addresses(
+        store
+            .due_mailboxes(now, now - 10 * minute, 100)
+            .await
+            .unwrap(),
+    );
+    assert!(!due.contains("new@contoso.com"));
+    let due = addresses(
+        store
+            .due_mailboxes(now + 61 * minute, now - 10 * minute, 100)
+            .await
+            .unwrap(),
+    );
+    assert!(due.contains("new@contoso.com"));
+    assert_eq!(
+        store.due_mailboxes(now, now, 1).await.unwrap().len(),
+        1,
+        "limit"
+    );
+}
+
+async fn a_lease_keeps_other_workers_out(db: &Db) {
+    let store = db.open().await;
+    let now = OffsetDateTime::now_utc();
+    store
+        .put_mailbox(&put("room1@contoso.com", true), now)
+        .await
+        .unwrap();
+    let a = lease("worker-a", now);
+    let b = lease("worker-b", now);
+    assert!(store
+        .begin_subscribe(
+            "room1@contoso.com",
+            &a,
+            MailboxState::Subscribing,
+            None,
+            now
+        )
+        .await
+        .unwrap()
+        .is_some());
+    assert!(store
+        .begin_subscribe(
+            "room1@contoso.com",
+            &b,
+            MailboxState::Subscribing,
+            None,
+            now
+        )
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        store.due_mailboxes(now, now, 10).await.unwrap().is_empty(),
+        "a leased mailbox is not due"
+    );
+    // Worker b cannot record a result under a's lease: its subscription is unwanted.
+    let outcome = store
+        .finish_subscribe("room1@contoso.com", &b, &subscribed("S-b", "W"), now)
+        .await
+        .unwrap();
+    assert_eq!(outcome, FinishOutcome::Abandoned);
+    // The lease expires (worker a died): b takes over.
+    let later = now + time::Duration::minutes(3);
+    let b_later = lease("worker-b", later);
+    assert!(store
+        .begin_subscribe(
+            "room1@contoso.com",
+            &b_later,
+            MailboxState::Subscribing,
+            None,
+            later
+        )
+        .await
+        .unwrap()
+        .is_some());
 }

@@ -3,6 +3,7 @@
 //! implementations with embedded migrations, and the group committer that batches transactions.
 
 mod group_commit;
+pub mod mailboxes;
 mod plan;
 mod postgres;
 mod sqlite;
@@ -19,6 +20,10 @@ use crate::notification::{
 };
 
 pub use group_commit::{BatchObserver, GroupCommitOptions, GroupCommitter};
+pub use mailboxes::{
+    FinishOutcome, Lease, MailboxRecord, MailboxState, MailboxStore, MailboxSummary, MailboxView,
+    PutMailbox, PutOutcome, RenewCause, SubscribeOutcome,
+};
 pub use plan::{dedupe_key, MAX_KEY_BYTES};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -49,6 +54,10 @@ pub struct IngestOutcome {
     pub flagged: Vec<(String, SubscriptionState)>,
     /// Subscriptions seen for the first time (registered under `unknown_subscriptions = "accept"`).
     pub registered: Vec<String>,
+    /// Subscription ids nobody asked for, answered `Unsubscribe` (unsubscribe mode). The worker
+    /// holds such a notification while one of its own Subscribe calls is in flight: Exchange may
+    /// deliver before the call's answer is stored.
+    pub unknown: Vec<String>,
 }
 
 /// The three ways a notification can end well (a failure is a [`StoreError`]).
@@ -147,6 +156,12 @@ pub struct SubscriptionRecord {
     pub state: SubscriptionState,
     pub state_reason: Option<String>,
     pub updated_at: OffsetDateTime,
+    /// The mailbox the worker made this subscription for (absent for subscriptions registered
+    /// under `unknown_subscriptions = "accept"`).
+    pub mailbox: Option<String>,
+    /// The last watermark stored before a gap was seen: a renewal replays from here, so the
+    /// missed events arrive again.
+    pub replay_from: Option<String>,
 }
 
 /// One row of `notification_events`.
@@ -311,9 +326,15 @@ pub trait EventStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 }
 
+/// All of the worker's storage: events and subscriptions ([`EventStore`]) and mailboxes
+/// ([`MailboxStore`]), one database behind both.
+pub trait Store: EventStore + MailboxStore {}
+
+impl<T: EventStore + MailboxStore + ?Sized> Store for T {}
+
 /// Opens the store `database_url` names (`sqlite://PATH` or `postgres://...`) and runs its
 /// migrations.
-pub async fn open(database_url: &str) -> Result<Arc<dyn EventStore>, StoreError> {
+pub async fn open(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     if let Some(path) = database_url.strip_prefix("sqlite://") {
         // An empty path or `:memory:` would give SQLite a database that vanishes with the
         // process: nothing acknowledged may live there.
@@ -352,6 +373,20 @@ fn event_state_column(value: &str) -> Result<EventState, StoreError> {
 fn subscription_state_column(value: &str) -> Result<SubscriptionState, StoreError> {
     SubscriptionState::parse(value).ok_or_else(|| StoreError::Corrupt {
         column: "state",
+        value: value.to_string(),
+    })
+}
+
+fn mailbox_state_column(value: &str) -> Result<MailboxState, StoreError> {
+    MailboxState::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "mailboxes.state",
+        value: value.to_string(),
+    })
+}
+
+fn renew_cause_column(value: &str) -> Result<RenewCause, StoreError> {
+    RenewCause::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "renew_cause",
         value: value.to_string(),
     })
 }

@@ -153,7 +153,7 @@ struct RowRef {
 #[derive(Debug, Clone)]
 enum MessagePlan {
     /// Unknown (in unsubscribe mode) or unsubscribed: nothing stored, answer `Unsubscribe`.
-    Unwanted,
+    Unwanted { unknown: bool },
     Record {
         events: Vec<RowRef>,
         error: Option<RowRef>,
@@ -246,7 +246,13 @@ pub(crate) fn plan_rows<'a>(
         let mut plans = Vec::with_capacity(request.notification.response_messages.len());
         for message in &request.notification.response_messages {
             if is_unwanted(message.subscription_id.as_deref(), known, unknown) {
-                plans.push(MessagePlan::Unwanted);
+                let is_unknown = message
+                    .subscription_id
+                    .as_deref()
+                    .is_some_and(|id| !known.contains_key(id));
+                plans.push(MessagePlan::Unwanted {
+                    unknown: is_unknown,
+                });
                 continue;
             }
             let mut events = Vec::new();
@@ -342,7 +348,11 @@ pub(crate) fn plan_rows<'a>(
     rows
 }
 
-fn fresh_record(subscription_id: &str, tenant: &str, now: OffsetDateTime) -> SubscriptionRecord {
+pub(crate) fn fresh_record(
+    subscription_id: &str,
+    tenant: &str,
+    now: OffsetDateTime,
+) -> SubscriptionRecord {
     SubscriptionRecord {
         subscription_id: subscription_id.to_string(),
         tenant: tenant.to_string(),
@@ -351,6 +361,8 @@ fn fresh_record(subscription_id: &str, tenant: &str, now: OffsetDateTime) -> Sub
         state: SubscriptionState::Active,
         state_reason: None,
         updated_at: now,
+        mailbox: None,
+        replay_from: None,
     }
 }
 
@@ -383,14 +395,23 @@ pub(crate) fn settle<'a>(
             duplicate_events: 0,
             flagged: Vec::new(),
             registered: Vec::new(),
+            unknown: Vec::new(),
         };
         let mut unwanted = false;
         let mut anything_new = false;
         let received_at = format_utc(request.received_at);
         for (message, plan) in request.notification.response_messages.iter().zip(plans) {
-            let MessagePlan::Record { events, error } = plan else {
-                unwanted = true;
-                continue;
+            let (events, error) = match plan {
+                MessagePlan::Record { events, error } => (events, error),
+                MessagePlan::Unwanted { unknown } => {
+                    unwanted = true;
+                    if let (true, Some(id)) = (*unknown, message.subscription_id.as_deref()) {
+                        if !outcome.unknown.iter().any(|known| known == id) {
+                            outcome.unknown.push(id.to_string());
+                        }
+                    }
+                    continue;
+                }
             };
             let new_events: Vec<&RowRef> = events
                 .iter()
@@ -468,6 +489,7 @@ pub(crate) fn settle<'a>(
                         });
                         if record.state == SubscriptionState::Active {
                             record.state = SubscriptionState::ResyncNeeded;
+                            record.replay_from = Some(stored.to_string());
                             record.state_reason = Some(truncate_chars(
                                 &format!("missed events: {detail}"),
                                 MAX_REASON_CHARS,

@@ -23,11 +23,18 @@ use crate::notification::ObjectKind;
 
 /// Embedded migrations, applied in order at start, under an advisory lock so that replicas
 /// starting together migrate once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "events",
-    include_str!("../../migrations/postgres/0001_events.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "events",
+        include_str!("../../migrations/postgres/0001_events.sql"),
+    ),
+    (
+        2,
+        "mailboxes",
+        include_str!("../../migrations/postgres/0002_mailboxes.sql"),
+    ),
+];
 
 /// Key of the advisory lock taken while migrating ("pushgate" in ASCII, truncated).
 const MIGRATION_LOCK_KEY: i64 = 0x7075_7368_6761_7465;
@@ -52,12 +59,15 @@ macro_rules! utc_text {
     };
 }
 
+// After `utc_text!`, which it uses (macros are in scope from their definition on).
+mod mailboxes;
+
 const SUBSCRIPTION_SELECT: &str = concat!(
     "SELECT subscription_id, tenant, last_watermark, ",
     utc_text!("last_notification_at"),
     ", state, state_reason, ",
     utc_text!("updated_at"),
-    " FROM subscriptions"
+    ", mailbox, replay_from FROM subscriptions"
 );
 
 const EVENT_SELECT: &str = concat!(
@@ -123,9 +133,11 @@ const INSERT_INCIDENTS: &str = "INSERT INTO subscription_events (
 const UPDATE_SUBSCRIPTIONS: &str = "UPDATE subscriptions AS s SET
         last_watermark = u.last_watermark,
         last_notification_at = u.last_notification_at::timestamptz,
-        state = u.state, state_reason = u.state_reason, updated_at = u.updated_at::timestamptz
-    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
-      AS u(subscription_id, last_watermark, last_notification_at, state, state_reason, updated_at)
+        state = u.state, state_reason = u.state_reason, updated_at = u.updated_at::timestamptz,
+        replay_from = u.replay_from
+    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+      AS u(subscription_id, last_watermark, last_notification_at, state, state_reason, updated_at,
+           replay_from)
     WHERE s.subscription_id = u.subscription_id";
 
 /// Statements prepared once per connection.
@@ -218,17 +230,25 @@ where
 }
 
 fn subscription_record(row: &Row) -> Result<SubscriptionRecord, StoreError> {
-    let last_at: Option<String> = column(row, 3)?;
-    let state: String = column(row, 4)?;
-    let updated_at: String = column(row, 6)?;
+    subscription_record_at(row, 0)
+}
+
+/// The subscription columns of [`SUBSCRIPTION_SELECT`] starting at column `at` (joins put them
+/// after others).
+fn subscription_record_at(row: &Row, at: usize) -> Result<SubscriptionRecord, StoreError> {
+    let last_at: Option<String> = column(row, at + 3)?;
+    let state: String = column(row, at + 4)?;
+    let updated_at: String = column(row, at + 6)?;
     Ok(SubscriptionRecord {
-        subscription_id: column(row, 0)?,
-        tenant: column(row, 1)?,
-        last_watermark: column(row, 2)?,
+        subscription_id: column(row, at)?,
+        tenant: column(row, at + 1)?,
+        last_watermark: column(row, at + 2)?,
         last_notification_at: last_at.as_deref().map(parse_utc).transpose()?,
         state: subscription_state_column(&state)?,
-        state_reason: column(row, 5)?,
+        state_reason: column(row, at + 5)?,
         updated_at: parse_utc(&updated_at)?,
+        mailbox: column(row, at + 7)?,
+        replay_from: column(row, at + 8)?,
     })
 }
 
@@ -483,6 +503,7 @@ async fn commit_batch(
     let state: Vec<&str> = updates.iter().map(|r| r.state.as_str()).collect();
     let reason: Vec<Option<&str>> = updates.iter().map(|r| r.state_reason.as_deref()).collect();
     let updated_at: Vec<String> = updates.iter().map(|r| format_utc(r.updated_at)).collect();
+    let replay_from: Vec<Option<&str>> = updates.iter().map(|r| r.replay_from.as_deref()).collect();
     tokio::try_join!(
         insert_incidents(client, &statements.insert_incidents, &settled.gap_incidents),
         async {
@@ -492,7 +513,15 @@ async fn commit_batch(
             client
                 .execute(
                     &statements.update_subscriptions,
-                    &[&id, &last_watermark, &last_at, &state, &reason, &updated_at],
+                    &[
+                        &id,
+                        &last_watermark,
+                        &last_at,
+                        &state,
+                        &reason,
+                        &updated_at,
+                        &replay_from,
+                    ],
                 )
                 .await
                 .map_err(context)

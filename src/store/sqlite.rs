@@ -22,12 +22,21 @@ use super::{
 use crate::config::UnknownSubscriptions;
 use crate::notification::ObjectKind;
 
+mod mailboxes;
+
 /// Embedded migrations, applied in order at open.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "events",
-    include_str!("../../migrations/sqlite/0001_events.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "events",
+        include_str!("../../migrations/sqlite/0001_events.sql"),
+    ),
+    (
+        2,
+        "mailboxes",
+        include_str!("../../migrations/sqlite/0002_mailboxes.sql"),
+    ),
+];
 
 /// How long a statement waits for a lock another connection holds before the commit fails
 /// (and the worker answers 503). Well below the gateway's upstream timeout.
@@ -289,40 +298,55 @@ fn sqlite_error(context: &str, error: rusqlite::Error) -> StoreError {
 
 const SUBSCRIPTION_COLUMNS: &str =
     "subscription_id, tenant, last_watermark, last_notification_at, \
-     state, state_reason, updated_at";
+     state, state_reason, updated_at, mailbox, replay_from";
 
-type SubscriptionTuple = (
-    String,
-    String,
-    Option<String>,
-    Option<String>,
-    String,
-    Option<String>,
-    String,
-);
-
-fn subscription_tuple(row: &Row<'_>) -> rusqlite::Result<SubscriptionTuple> {
-    Ok((
-        row.get(0)?,
-        row.get(1)?,
-        row.get(2)?,
-        row.get(3)?,
-        row.get(4)?,
-        row.get(5)?,
-        row.get(6)?,
-    ))
+/// A `subscriptions` row as SQLite gives it, before its text columns are parsed.
+struct SubscriptionColumns {
+    subscription_id: String,
+    tenant: String,
+    last_watermark: Option<String>,
+    last_notification_at: Option<String>,
+    state: String,
+    state_reason: Option<String>,
+    updated_at: String,
+    mailbox: Option<String>,
+    replay_from: Option<String>,
 }
 
-fn subscription_record(tuple: SubscriptionTuple) -> Result<SubscriptionRecord, StoreError> {
-    let (subscription_id, tenant, last_watermark, last_at, state, state_reason, updated_at) = tuple;
+fn subscription_tuple(row: &Row<'_>) -> rusqlite::Result<SubscriptionColumns> {
+    subscription_columns_at(row, 0)
+}
+
+/// The [`SUBSCRIPTION_COLUMNS`] starting at column `at` (joins put them after others).
+fn subscription_columns_at(row: &Row<'_>, at: usize) -> rusqlite::Result<SubscriptionColumns> {
+    Ok(SubscriptionColumns {
+        subscription_id: row.get(at)?,
+        tenant: row.get(at + 1)?,
+        last_watermark: row.get(at + 2)?,
+        last_notification_at: row.get(at + 3)?,
+        state: row.get(at + 4)?,
+        state_reason: row.get(at + 5)?,
+        updated_at: row.get(at + 6)?,
+        mailbox: row.get(at + 7)?,
+        replay_from: row.get(at + 8)?,
+    })
+}
+
+fn subscription_record(c: SubscriptionColumns) -> Result<SubscriptionRecord, StoreError> {
     Ok(SubscriptionRecord {
-        subscription_id,
-        tenant,
-        last_watermark,
-        last_notification_at: last_at.as_deref().map(parse_utc).transpose()?,
-        state: subscription_state_column(&state)?,
-        state_reason,
-        updated_at: parse_utc(&updated_at)?,
+        subscription_id: c.subscription_id,
+        tenant: c.tenant,
+        last_watermark: c.last_watermark,
+        last_notification_at: c
+            .last_notification_at
+            .as_deref()
+            .map(parse_utc)
+            .transpose()?,
+        state: subscription_state_column(&c.state)?,
+        state_reason: c.state_reason,
+        updated_at: parse_utc(&c.updated_at)?,
+        mailbox: c.mailbox,
+        replay_from: c.replay_from,
     })
 }
 
@@ -371,18 +395,7 @@ fn commit_batch(
                         .execute(params![id, tenant, now_text])
                         .map_err(context)?;
                     registered.insert((*id).to_string());
-                    known.insert(
-                        (*id).to_string(),
-                        SubscriptionRecord {
-                            subscription_id: (*id).to_string(),
-                            tenant: (*tenant).to_string(),
-                            last_watermark: None,
-                            last_notification_at: None,
-                            state: SubscriptionState::Active,
-                            state_reason: None,
-                            updated_at: now,
-                        },
-                    );
+                    known.insert((*id).to_string(), plan::fresh_record(id, tenant, now));
                 }
                 None => {}
             }
@@ -422,7 +435,7 @@ fn commit_batch(
         let mut update = tx
             .prepare_cached(
                 "UPDATE subscriptions SET last_watermark = ?2, last_notification_at = ?3,
-                     state = ?4, state_reason = ?5, updated_at = ?6
+                     state = ?4, state_reason = ?5, updated_at = ?6, replay_from = ?7
                  WHERE subscription_id = ?1",
             )
             .map_err(context)?;
@@ -435,6 +448,7 @@ fn commit_batch(
                     record.state.as_str(),
                     record.state_reason,
                     format_utc(record.updated_at),
+                    record.replay_from,
                 ])
                 .map_err(context)?;
         }
