@@ -24,6 +24,7 @@ pub struct Config {
     pub validator: ValidatorConfig,
     pub ranges: RangesConfig,
     pub worker: WorkerConfig,
+    pub subscriptions: SubscriptionsConfig,
     pub log: LogConfig,
 }
 
@@ -216,6 +217,11 @@ pub struct WorkerConfig {
     pub metrics_listen: String,
     pub retention_days: u32,
     pub unknown_subscriptions: UnknownSubscriptions,
+    /// Bearer token of the REST API (`/api/v1/...`). Empty: the API is off.
+    pub api_token_file: PathBuf,
+    /// Speed of the worker's own clock (watchdog, renewals, back-off): 1.0 is real time, 0.001
+    /// makes Exchange's minutes pass in milliseconds. For tests and the demo only.
+    pub time_scale: f64,
     /// Longest a notification waits for others to share its commit.
     #[serde(with = "humantime_serde")]
     pub group_commit_wait: Duration,
@@ -231,12 +237,57 @@ impl Default for WorkerConfig {
             gateway_token_file: "config/upstream.token".into(),
             metrics_listen: "127.0.0.1:9465".into(),
             retention_days: 30,
-            unknown_subscriptions: UnknownSubscriptions::Accept,
+            unknown_subscriptions: UnknownSubscriptions::Unsubscribe,
+            api_token_file: PathBuf::new(),
+            time_scale: 1.0,
             group_commit_wait: Duration::from_millis(2),
             group_commit_max: 256,
         }
     }
 }
+
+/// Process A: the push subscription the worker keeps on every synced mailbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionsConfig {
+    /// The callback URL Exchange posts to, used as is (rule 1). Environment:
+    /// `ExchangePushNotificationEndpointUrl`.
+    pub endpoint_url: String,
+    /// Without `endpoint_url`: `{idp_root_url}/Webservices/SyncNotification.svc?{tenant}` (rule 2)
+    /// instead of `{idp_root_url}/api/webhooks/exchange` (rule 3). Environment:
+    /// `ExchangePushNotificationUseLegacyEndpoint`.
+    pub use_legacy_endpoint: bool,
+    /// The public root URL the gateway is reached at. Environment: `IdpRootUrl`.
+    pub idp_root_url: String,
+    /// Minutes between Exchange's heartbeats on a quiet subscription (1 to 1440). Silence for
+    /// twice this long renews the subscription.
+    pub status_frequency: u32,
+    /// Most Subscribe calls per second, all mailboxes together.
+    pub subscribe_rate: u32,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            endpoint_url: String::new(),
+            use_legacy_endpoint: false,
+            idp_root_url: String::new(),
+            status_frequency: 5,
+            subscribe_rate: 20,
+        }
+    }
+}
+
+/// The product's own environment names for the callback URL, and the keys they set. They win
+/// over the file and over the `PUSHGATE__SUBSCRIPTIONS__*` form.
+pub const PRODUCT_ENV_NAMES: [(&str, &str); 3] = [
+    ("ExchangePushNotificationEndpointUrl", "endpoint_url"),
+    (
+        "ExchangePushNotificationUseLegacyEndpoint",
+        "use_legacy_endpoint",
+    ),
+    ("IdpRootUrl", "idp_root_url"),
+];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -268,14 +319,53 @@ impl ConfigError {
 }
 
 impl Config {
-    /// Reads `path` (when given), applies `PUSHGATE__*` overrides and checks every key.
+    /// Reads `path` (when given), applies `PUSHGATE__*` overrides, then the product's own
+    /// environment names ([`PRODUCT_ENV_NAMES`]), and checks every key.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(path, Env::prefixed(ENV_PREFIX).split("__"))
+        let mut config = Self::load_unchecked(path, Env::prefixed(ENV_PREFIX).split("__"))?;
+        config.apply_product_env(|name| std::env::var(name).ok())?;
+        config.check()?;
+        Ok(config)
     }
 
-    /// Same as [`Config::load`] with the environment provider given, so tests need not touch the
-    /// process environment.
+    /// Same as [`Config::load`] with the `PUSHGATE__*` provider given and no product names, so
+    /// tests need not touch the process environment.
     pub fn load_with_env(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let config = Self::load_unchecked(path, env)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Applies the product's environment names (`lookup` reads one variable), each winning over
+    /// what the file and `PUSHGATE__*` said.
+    pub fn apply_product_env(
+        &mut self,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        for (name, key) in PRODUCT_ENV_NAMES {
+            let Some(value) = lookup(name) else { continue };
+            let s = &mut self.subscriptions;
+            match key {
+                "endpoint_url" => s.endpoint_url = value.trim().to_string(),
+                "idp_root_url" => s.idp_root_url = value.trim().to_string(),
+                _ => {
+                    s.use_legacy_endpoint = match value.trim().to_ascii_lowercase().as_str() {
+                        "true" | "1" | "yes" => true,
+                        "false" | "0" | "no" | "" => false,
+                        _ => {
+                            return Err(ConfigError(format!(
+                                "`subscriptions.{key}`: {value:?} is not true or false \
+                                 (in environment variable {name})"
+                            )))
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_unchecked(path: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
         let mut figment = Figment::new();
         if let Some(path) = path {
             if !path.is_file() {
@@ -287,9 +377,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         let figment = figment.merge(env.map(|key| key.as_str().to_ascii_lowercase().into()));
-        let config: Config = figment.extract().map_err(|e| ConfigError(one_line(&e)))?;
-        config.check()?;
-        Ok(config)
+        figment.extract().map_err(|e| ConfigError(one_line(&e)))
     }
 
     /// Parses a TOML document (no environment): for tests and `pushgate config check`.
@@ -448,6 +536,30 @@ impl Config {
                 "worker.group_commit_max",
                 "must be at least 1",
             ));
+        }
+        if !(w.time_scale > 0.0 && w.time_scale <= 1.0) {
+            return Err(ConfigError::key(
+                "worker.time_scale",
+                "must be above 0 and at most 1 (1 is real time)",
+            ));
+        }
+
+        let s = &self.subscriptions;
+        if !(1..=1440).contains(&s.status_frequency) {
+            return Err(ConfigError::key(
+                "subscriptions.status_frequency",
+                "must be 1 to 1440 minutes, as Exchange accepts",
+            ));
+        }
+        if s.subscribe_rate == 0 {
+            return Err(ConfigError::key(
+                "subscriptions.subscribe_rate",
+                "must be at least 1 per second",
+            ));
+        }
+        if !s.endpoint_url.is_empty() || !s.idp_root_url.is_empty() {
+            crate::subscriptions::CallbackUrl::from_config(s)
+                .map_err(|e| ConfigError::key(e.key, e.problem))?;
         }
 
         if !["json", "text"].contains(&self.log.format.as_str()) {

@@ -8,6 +8,7 @@
 
 pub mod allowlist;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod exchange_sim;
@@ -17,5 +18,6 @@ pub mod metrics;
 pub mod notification;
 pub mod ranges;
 pub mod store;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod worker;

@@ -943,6 +943,7 @@ async fn subscribe_lifecycle_replaces_the_old_subscription(db: &Db) {
                 error: "ErrorServerBusy".into(),
                 next_attempt_at: retry_at,
                 failed: false,
+                cause: None,
             },
             now,
         )
@@ -1103,6 +1104,7 @@ async fn due_mailboxes_follow_the_watchdog(db: &Db) {
                 error: "ErrorNonExistentMailbox".into(),
                 next_attempt_at: now + 60 * minute,
                 failed: true,
+                cause: None,
             },
             now,
         )

@@ -158,6 +158,8 @@ pub enum SubscribeOutcome {
         error: String,
         next_attempt_at: OffsetDateTime,
         failed: bool,
+        /// A new cause for the retry (a refused watermark makes the retry a fresh one).
+        cause: Option<RenewCause>,
     },
 }
 
@@ -456,8 +458,12 @@ pub(crate) fn apply_finish(
             error,
             next_attempt_at,
             failed,
+            cause,
         } => {
             record.last_error = Some(truncate(error));
+            if cause.is_some() {
+                record.renew_cause = *cause;
+            }
             record.attempts = record.attempts.saturating_add(1);
             record.next_attempt_at = Some(*next_attempt_at);
             if *failed {
@@ -676,6 +682,7 @@ mod tests {
                 error: "x".repeat(2000),
                 next_attempt_at: retry_at,
                 failed: false,
+                cause: None,
             },
             NOW,
         );
