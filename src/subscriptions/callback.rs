@@ -1,7 +1,7 @@
 //! The callback URL Exchange is told to post notifications to, by the product's precedence:
-//! 1. `endpoint_url`, used as is; 2. `use_legacy_endpoint`:
-//! `{root}/Webservices/SyncNotification.svc?{tenant}`; 3. `{root}/api/webhooks/exchange`, with
-//! `{root}` = `idp_root_url`.
+//! `endpoint_url` used as is, else with `use_legacy_endpoint`
+//! `{root}/Webservices/SyncNotification.svc?{tenant}`, else `{root}/api/webhooks/exchange`, where
+//! `{root}` is `idp_root_url`.
 
 use crate::config::SubscriptionsConfig;
 
