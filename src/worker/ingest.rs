@@ -13,15 +13,15 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use time::OffsetDateTime;
 
 use super::metrics::WorkerMetrics;
-use super::rules::{self, GatewayToken};
+use super::rules::{self, BearerToken};
 use crate::notification::{self, Limits, SubscriptionStatus};
-use crate::store::{GroupCommitter, IngestRequest, IngestResult};
+use crate::store::{GroupCommitter, IngestOutcome, IngestRequest, IngestResult, Store, StoreError};
 
 /// Largest body accepted, the same ceiling the gateway buffers.
 pub const MAX_BODY_BYTES: usize = crate::config::MAX_BODY_BYTES_CEILING;
 
 pub(crate) struct IngestState {
-    pub token: GatewayToken,
+    pub token: BearerToken,
     /// The notification paths (`[gateway] paths`).
     pub paths: Vec<String>,
     pub limits: Limits,
@@ -29,7 +29,14 @@ pub(crate) struct IngestState {
     pub metrics: Arc<WorkerMetrics>,
     /// Longest a request waits for its commit before it is answered 503.
     pub answer_timeout: Duration,
+    pub store: Arc<dyn Store>,
+    /// Longest a notification for an unknown subscription waits for running Subscribe calls
+    /// to settle (zero when this worker subscribes nothing).
+    pub unknown_hold: Duration,
 }
+
+/// How often a held notification looks again.
+const HOLD_POLL: Duration = Duration::from_millis(20);
 
 pub(crate) async fn handle(State(state): State<Arc<IngestState>>, request: Request) -> Response {
     let started = Instant::now();
@@ -168,9 +175,24 @@ async fn ingest(state: &IngestState, request: Request) -> (&'static str, Respons
         received_at: OffsetDateTime::now_utc(),
         notification: parsed,
     };
-    let stored =
-        tokio::time::timeout(state.answer_timeout, state.committer.submit(ingest_request)).await;
+    let stored = tokio::time::timeout(
+        state.answer_timeout,
+        store_holding_unknown(state, ingest_request),
+    )
+    .await
+    .map(|result| result.and_then(|held| held.ok_or(Held)));
     match stored {
+        Ok(Err(HoldError::Held)) => {
+            tracing::info!(
+                request_id = request_id.as_deref(),
+                "notification for a subscription being made: answered 503, Exchange retries"
+            );
+            let response = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "subscription not yet known, retry later",
+            );
+            ("unavailable", response, true)
+        }
         Ok(Ok(outcome)) => {
             state.metrics.outcome(&outcome);
             for (subscription_id, flag) in &outcome.flagged {
@@ -198,7 +220,7 @@ async fn ingest(state: &IngestState, request: Request) -> (&'static str, Respons
             );
             (outcome.result.as_str(), envelope(outcome.status), true)
         }
-        Ok(Err(error)) => {
+        Ok(Err(HoldError::Store(error))) => {
             tracing::warn!(%error, request_id = request_id.as_deref(), "notification not stored; answered 503");
             let response = plain(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -218,5 +240,56 @@ async fn ingest(state: &IngestState, request: Request) -> (&'static str, Respons
             );
             ("unavailable", response, true)
         }
+    }
+}
+
+/// Why a notification got no answer from the store.
+enum HoldError {
+    Store(StoreError),
+    /// It names a subscription nobody knows while a Subscribe call is still running.
+    Held,
+}
+
+use HoldError::Held;
+
+impl From<StoreError> for HoldError {
+    fn from(error: StoreError) -> Self {
+        HoldError::Store(error)
+    }
+}
+
+/// Stores the notification. One naming a subscription id nobody asked for would be answered
+/// Unsubscribe, but while one of the worker's own Subscribe calls runs it may be that call's
+/// subscription, delivered before the answer was stored: answering Unsubscribe would kill it.
+/// So it is held (bounded) until no call runs, then submitted again; `None` when calls still run
+/// after the bound (the caller answers 503 and Exchange retries).
+async fn store_holding_unknown(
+    state: &IngestState,
+    request: IngestRequest,
+) -> Result<Option<IngestOutcome>, HoldError> {
+    let outcome = state.committer.submit(request.clone()).await?;
+    if outcome.unknown.is_empty() || state.unknown_hold.is_zero() {
+        return Ok(Some(outcome));
+    }
+    let deadline = tokio::time::Instant::now() + state.unknown_hold;
+    let mut outcome = outcome;
+    loop {
+        if !state
+            .store
+            .subscribe_in_flight(OffsetDateTime::now_utc())
+            .await?
+        {
+            // Settled: ask again, now that the call's subscription (if it was one) is stored.
+            outcome = state.committer.submit(request.clone()).await?;
+            return Ok(Some(outcome));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(if outcome.unknown.is_empty() {
+                Some(outcome)
+            } else {
+                None
+            });
+        }
+        tokio::time::sleep(HOLD_POLL).await;
     }
 }

@@ -2,6 +2,7 @@
 //! notification durably before it answers, the metrics and health listener, and the background
 //! jobs (backlog gauge, retention). Storage itself lives in `crate::store`.
 
+pub mod api;
 mod housekeeping;
 mod ingest;
 pub mod metrics;
@@ -16,9 +17,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::notification::Limits;
-use crate::store::{self, EventStore, GroupCommitOptions, GroupCommitter};
+use crate::store::{self, GroupCommitOptions, GroupCommitter, Store};
+use crate::subscriptions::{
+    CallbackUrl, ManagerOptions, Subscriber, SubscriptionManager, SubscriptionMetrics, Timing,
+};
 use ingest::IngestState;
 use metrics::WorkerMetrics;
 
@@ -36,6 +41,14 @@ pub struct Tuning {
     pub answer_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Longest a notification for an unknown subscription is held while one of the worker's
+    /// Subscribe calls is in flight (Exchange may deliver before the call's answer is stored).
+    pub unknown_hold: Duration,
+    /// Most Subscribe calls in flight at once.
+    pub max_subscribe_in_flight: usize,
+    /// How long a mailbox is held by this worker while its Subscribe runs; longer than a call
+    /// can take, so another replica takes over only from a worker that died.
+    pub subscribe_lease: Duration,
 }
 
 impl Default for Tuning {
@@ -45,6 +58,9 @@ impl Default for Tuning {
             retention_interval: Duration::from_secs(3600),
             answer_timeout: Duration::from_secs(25),
             shutdown_grace: Duration::from_secs(10),
+            unknown_hold: Duration::from_secs(5),
+            max_subscribe_in_flight: 8,
+            subscribe_lease: Duration::from_secs(120),
         }
     }
 }
@@ -58,7 +74,8 @@ pub struct WorkerHandle {
     metrics_server: JoinHandle<std::io::Result<()>>,
     committer: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
-    store: Arc<dyn EventStore>,
+    manager: Option<JoinHandle<()>>,
+    store: Arc<dyn Store>,
     grace: Duration,
 }
 
@@ -70,9 +87,38 @@ pub async fn start(config: Config) -> anyhow::Result<WorkerHandle> {
 
 /// [`start`] with explicit timings.
 pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<WorkerHandle> {
+    start_with_subscriber(config, tuning, None).await
+}
+
+/// [`start_with`], subscribing the synced mailboxes through `subscriber` (the EWS client). With
+/// `None`, the worker only ingests and serves the API: nothing subscribes.
+pub async fn start_with_subscriber(
+    config: Config,
+    tuning: Tuning,
+    subscriber: Option<Arc<dyn Subscriber>>,
+) -> anyhow::Result<WorkerHandle> {
     let worker = &config.worker;
     let token = crate::config::read_token_file(&worker.gateway_token_file)
         .context("worker.gateway_token_file")?;
+    let api_token = if worker.api_token_file.as_os_str().is_empty() {
+        None
+    } else {
+        let api_token = crate::config::read_token_file(&worker.api_token_file)
+            .context("worker.api_token_file")?;
+        if api_token == token {
+            anyhow::bail!(
+                "worker.api_token_file holds the gateway's token: each door needs its own secret"
+            );
+        }
+        Some(rules::BearerToken::new(&api_token))
+    };
+    let callback = match &subscriber {
+        Some(_) => Some(
+            CallbackUrl::from_config(&config.subscriptions)
+                .map_err(|e| anyhow::anyhow!("configuration: `{}`: {}", e.key, e.problem))?,
+        ),
+        None => None,
+    };
     let listen: SocketAddr = worker
         .listen
         .parse()
@@ -108,19 +154,61 @@ pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<Worker
         },
         Some(metrics.clone()),
     );
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let clock = Clock::scaled(worker.time_scale);
+    let manager = match (subscriber, callback) {
+        (Some(subscriber), Some(callback)) => {
+            let subscription_metrics = Arc::new(
+                SubscriptionMetrics::new(metrics.registry())
+                    .context("registering subscription metrics")?,
+            );
+            Some(SubscriptionManager::new(
+                store.clone(),
+                subscriber,
+                ManagerOptions {
+                    timing: Timing {
+                        status_frequency: Duration::from_secs(
+                            60 * u64::from(config.subscriptions.status_frequency),
+                        ),
+                        clock,
+                        started_at: time::OffsetDateTime::now_utc(),
+                    },
+                    callback,
+                    subscribe_rate: config.subscriptions.subscribe_rate,
+                    max_in_flight: tuning.max_subscribe_in_flight,
+                    lease: tuning.subscribe_lease,
+                    owner: format!("worker-{}", uuid::Uuid::new_v4()),
+                },
+                Some(subscription_metrics),
+            ))
+        }
+        _ => None,
+    };
     let state = Arc::new(IngestState {
-        token: rules::GatewayToken::new(&token),
+        token: rules::BearerToken::new(&token),
         paths: config.gateway.paths.clone(),
         limits: Limits::from(&config.validator),
         committer,
         metrics: metrics.clone(),
         answer_timeout: tuning.answer_timeout,
+        store: store.clone(),
+        unknown_hold: if manager.is_some() {
+            tuning.unknown_hold
+        } else {
+            Duration::ZERO
+        },
     });
-    let (shutdown, shutdown_rx) = watch::channel(false);
+    let api_state = Arc::new(api::ApiState {
+        token: api_token,
+        store: store.clone(),
+        manager: manager.clone(),
+    });
 
-    let app = axum::Router::new()
-        .fallback(ingest::handle)
-        .with_state(state);
+    let app = api::router(api_state).merge(
+        axum::Router::new()
+            .fallback(ingest::handle)
+            .with_state(state),
+    );
     let server = tokio::spawn(serve(listener, app, shutdown_rx.clone()));
     let mut metrics_shutdown = shutdown_rx.clone();
     let metrics_server = tokio::spawn(crate::metrics::serve_metrics(
@@ -139,8 +227,9 @@ pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<Worker
             retention_interval: tuning.retention_interval,
             retention_days: worker.retention_days,
         },
-        shutdown_rx,
+        shutdown_rx.clone(),
     ));
+    let manager_task = manager.map(|manager| tokio::spawn(manager.run(shutdown_rx)));
     tracing::info!(
         listen = %listen_addr,
         metrics = %metrics_addr,
@@ -156,6 +245,7 @@ pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<Worker
         metrics_server,
         committer: committer_task,
         housekeeping,
+        manager: manager_task,
         store,
         grace: tuning.shutdown_grace,
     })
@@ -198,6 +288,15 @@ impl WorkerHandle {
             metrics_server.abort();
         }
         let _ = self.housekeeping.await;
+        if let Some(manager) = self.manager {
+            let mut manager = manager;
+            if tokio::time::timeout(self.grace, &mut manager)
+                .await
+                .is_err()
+            {
+                manager.abort();
+            }
+        }
         drop(self.store);
         tracing::info!("worker stopped");
         Ok(())

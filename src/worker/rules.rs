@@ -42,13 +42,13 @@ pub fn tenant(query: Option<&str>) -> Result<String, BadTenant> {
     }
 }
 
-/// The gateway's shared secret, kept only as a digest so comparisons take the same time
-/// whatever the length or content of the presented token.
-pub struct GatewayToken {
+/// A bearer token (the gateway's, or the API's), kept only as a digest so comparisons take the
+/// same time whatever the length or content of the presented token.
+pub struct BearerToken {
     digest: [u8; 32],
 }
 
-impl GatewayToken {
+impl BearerToken {
     pub fn new(token: &str) -> Self {
         Self {
             digest: Sha256::digest(token.as_bytes()).into(),
@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn bearer_token() {
-        let token = GatewayToken::new("s3cret");
+        let token = BearerToken::new("s3cret");
         assert!(token.verify(Some(b"Bearer s3cret")));
         assert!(token.verify(Some(b"bearer s3cret")));
         assert!(token.verify(Some(b"BEARER   s3cret ")));

@@ -324,6 +324,43 @@ pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> std::
         .await
 }
 
+/// An API call on a new connection: `method`, `path`, bearer `token`, JSON `body` (or none).
+pub async fn api(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> std::io::Result<Answer> {
+    let mut connection = Connection::open(addr).await?;
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    if let Some(token) = token {
+        builder = builder.header("authorization", format!("Bearer {token}"));
+    }
+    if body.is_some() {
+        builder = builder.header("content-type", "application/json");
+    }
+    let request = builder
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_string())))
+        .map_err(std::io::Error::other)?;
+    connection.send(request).await
+}
+
+/// The token of the API in [`worker_config_with_api`].
+pub const API_TOKEN: &str = "test-api-token-9876543210";
+
+/// [`worker_config`] with the REST API switched on (token [`API_TOKEN`]).
+pub fn worker_config_with_api(dir: &Path, database_url: &str) -> Config {
+    let mut config = worker_config(dir, database_url);
+    let token_file = dir.join("api.token");
+    std::fs::write(&token_file, format!("{API_TOKEN}\n")).expect("write API token file");
+    config.worker.api_token_file = token_file;
+    config
+}
+
 /// GET on a new connection.
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<Answer> {
     let mut connection = Connection::open(addr).await?;
@@ -405,7 +442,7 @@ impl TestDb {
     }
 
     /// A store of its own on the same database, to look at what the worker wrote.
-    pub async fn inspect(&self) -> std::sync::Arc<dyn pushgate::store::EventStore> {
+    pub async fn inspect(&self) -> std::sync::Arc<dyn pushgate::store::Store> {
         pushgate::store::open(&self.url())
             .await
             .expect("open store for inspection")
