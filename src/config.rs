@@ -860,6 +860,68 @@ mod tests {
     }
 
     #[test]
+    fn ews_keys_are_checked_once_a_url_is_set() {
+        let url = "[ews]\nurl = \"https://outlook.office365.com/EWS/Exchange.asmx\"\n";
+        let err = Config::from_toml_str(url).unwrap_err().to_string();
+        assert!(
+            err.contains("`ews.token_url`") && err.contains("oauth2"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        let oauth = format!(
+            "{url}token_url = \"https://login.microsoftonline.com/t/oauth2/v2.0/token\"\nclient_id = \"app\"\nclient_secret_file = \"secret\"\n"
+        );
+        let config = Config::from_toml_str(&oauth).unwrap();
+        assert!(config.ews.is_enabled());
+        assert_eq!(config.ews.scope, EWS_DEFAULT_SCOPE);
+
+        let basic = format!("{url}auth = \"basic\"\nusername = \"svc\"\n");
+        let err = Config::from_toml_str(&basic).unwrap_err().to_string();
+        assert!(err.contains("`ews.password_file`"), "{err}");
+        let bearer = format!("{url}auth = \"bearer\"\n");
+        let err = Config::from_toml_str(&bearer).unwrap_err().to_string();
+        assert!(err.contains("`ews.token_file`"), "{err}");
+
+        let plain = "[ews]\nurl = \"http://exchange.corp/EWS/Exchange.asmx\"\nauth = \"bearer\"\ntoken_file = \"t\"\n";
+        let err = Config::from_toml_str(plain).unwrap_err().to_string();
+        assert!(
+            err.contains("`ews.url`") && err.contains("allow_http"),
+            "{err}"
+        );
+        Config::from_toml_str(&format!("{plain}allow_http = true\n")).unwrap();
+
+        let err = Config::from_toml_str("[ews]\nserver_version = \"Exchange2099\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`ews.server_version`"), "{err}");
+        let err = Config::from_toml_str("[ews]\nmax_concurrency = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`ews.max_concurrency`"), "{err}");
+        let err = Config::from_toml_str("[ews]\nauth = \"ntlm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ews.auth"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn ews_from_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PUSHGATE__EWS__URL", "http://127.0.0.1:9/EWS/Exchange.asmx");
+            jail.set_env("PUSHGATE__EWS__AUTH", "bearer");
+            jail.set_env("PUSHGATE__EWS__TOKEN_FILE", "/run/secrets/ews");
+            jail.set_env("PUSHGATE__EWS__ALLOW_HTTP", "true");
+            jail.set_env("PUSHGATE__EWS__TIMEOUT", "5s");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.ews.auth, EwsAuth::Bearer);
+            assert!(config.ews.allow_http);
+            assert_eq!(config.ews.timeout, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
     fn plain_paths() {
         assert!(is_plain_path("/Webservices/SyncNotification.svc"));
         assert!(is_plain_path("/api/webhooks/exchange"));

@@ -468,3 +468,457 @@ fn take_child(mut parent: Element, namespace: &str, local: &str) -> Option<Eleme
         .position(|c| c.is(namespace, local))?;
     Some(parent.children.swap_remove(position))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use time::macros::datetime;
+
+    const SOAP_HEAD: &str = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><h:ServerVersionInfo xmlns:h="http://schemas.microsoft.com/exchange/services/2006/types" MajorVersion="15" MinorVersion="20" Version="V2018_01_08"/></s:Header><s:Body>"#;
+    const SOAP_TAIL: &str = "</s:Body></s:Envelope>";
+
+    fn wrap(body: &str) -> Vec<u8> {
+        format!("{SOAP_HEAD}{body}{SOAP_TAIL}").into_bytes()
+    }
+
+    /// A schema-valid example from `../shared/ews-examples/`, or `None` (after saying SKIPPED)
+    /// when that directory is not there; with `PUSHGATE_REQUIRE_ALL=1` its absence fails.
+    fn example(name: &str) -> Option<String> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/ews-examples")
+            .join(name);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => Some(text),
+            Err(e) => {
+                let why = format!("{} not readable ({e})", path.display());
+                if std::env::var("PUSHGATE_REQUIRE_ALL").as_deref() == Ok("1") {
+                    panic!("{why}");
+                }
+                eprintln!("SKIPPED: {why}");
+                None
+            }
+        }
+    }
+
+    fn answer(operation: Operation, body: &[u8]) -> Result<Element, EwsError> {
+        read_answer(operation, 200, None, body)
+    }
+
+    fn property() -> ReservationProperty {
+        ReservationProperty::new("ReservationId")
+    }
+
+    #[test]
+    fn subscribe_examples() {
+        let Some(ok) = example("subscribe_resp.xml") else {
+            return;
+        };
+        let Some(err) = example("subscribe_err.xml") else {
+            return;
+        };
+        let result = read_subscribe(&answer(Operation::Subscribe, &wrap(&ok)).unwrap()).unwrap();
+        assert_eq!(
+            result.subscription_id,
+            "JgBjbzFwcjA2bWIyMjIubmFtcHJkMDYucHJvZC5vdXRsb29rLmNvbRAAAAA="
+        );
+        assert_eq!(result.watermark, "AQAAAOpvG0LURVdOhQkPOWZLPcI8EgAAAAAAAAE=");
+        let refused = read_subscribe(&answer(Operation::Subscribe, &wrap(&err)).unwrap());
+        match refused {
+            Err(EwsError::ResponseCode {
+                code,
+                message,
+                back_off,
+            }) => {
+                assert_eq!(code, ResponseCode::InvalidWatermark);
+                assert!(message.contains("watermark"), "{message}");
+                assert_eq!(back_off, None);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_item_examples() {
+        let Some(ok) = example("getitem_resp.xml") else {
+            return;
+        };
+        let items = read_get_item(
+            &answer(Operation::GetItem, &wrap(&ok)).unwrap(),
+            &property(),
+            1,
+        )
+        .unwrap();
+        let item = items[0].as_ref().unwrap();
+        assert_eq!(
+            item.item_id,
+            ItemId::with_change_key("AAMkADk0...", "DwAAABYAAA...")
+        );
+        assert_eq!(item.subject.as_deref(), Some("Board meeting"));
+        assert_eq!(item.reservation_id.as_deref(), Some("res-8f14e45f"));
+        assert_eq!(item.start, Some(datetime!(2026-05-06 08:00 UTC)));
+        assert_eq!(item.end, Some(datetime!(2026-05-06 09:00 UTC)));
+        assert_eq!(item.location.as_deref(), Some("Room 1"));
+        assert!(!item.is_cancelled);
+        assert_eq!(item.parent_folder_id, None);
+        // Another property name is not ours.
+        let other = read_get_item(
+            &answer(Operation::GetItem, &wrap(&ok)).unwrap(),
+            &ReservationProperty::new("Other"),
+            1,
+        )
+        .unwrap();
+        assert_eq!(other[0].as_ref().unwrap().reservation_id, None);
+
+        for name in ["getitem_err.xml", "neg_getitem_err_noitems.xml"] {
+            let Some(err) = example(name) else { return };
+            let items = read_get_item(
+                &answer(Operation::GetItem, &wrap(&err)).unwrap(),
+                &property(),
+                1,
+            )
+            .unwrap();
+            assert!(items[0].as_ref().unwrap_err().is_item_not_found(), "{name}");
+        }
+        // One message per id: a count that does not match is not believed.
+        let mismatch = read_get_item(
+            &answer(Operation::GetItem, &wrap(&ok)).unwrap(),
+            &property(),
+            2,
+        );
+        assert!(matches!(mismatch, Err(EwsError::Malformed { .. })));
+    }
+
+    #[test]
+    fn write_answer_examples() {
+        let Some(created) = example("createitem_resp.xml") else {
+            return;
+        };
+        let Some(updated) = example("updateitem_resp.xml") else {
+            return;
+        };
+        let Some(conflict) = example("updateitem_err.xml") else {
+            return;
+        };
+        let Some(deleted) = example("deleteitem_resp.xml") else {
+            return;
+        };
+        assert_eq!(
+            read_create_item(&answer(Operation::CreateItem, &wrap(&created)).unwrap()).unwrap(),
+            ItemId::with_change_key("AAMkADk0...", "DwAAABYAAA...")
+        );
+        assert_eq!(
+            read_update_item(&answer(Operation::UpdateItem, &wrap(&updated)).unwrap()).unwrap(),
+            ItemId::with_change_key("AAMkADk0...", "DwAAABYAAB...")
+        );
+        let err = read_update_item(&answer(Operation::UpdateItem, &wrap(&conflict)).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EwsError::ResponseCode {
+                    code: ResponseCode::IrresolvableConflict,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(!err.is_transient() && !err.outcome_unknown());
+        read_delete_item(&answer(Operation::DeleteItem, &wrap(&deleted)).unwrap()).unwrap();
+        // The answer to another operation is not this one's.
+        assert!(matches!(
+            answer(Operation::DeleteItem, &wrap(&created)),
+            Err(EwsError::Malformed { status: 200, .. })
+        ));
+    }
+
+    #[test]
+    fn find_item_example() {
+        let Some(found) = example("finditem_resp.xml") else {
+            return;
+        };
+        let page = read_find_item(
+            &answer(Operation::FindItem, &wrap(&found)).unwrap(),
+            &property(),
+        )
+        .unwrap();
+        assert!(page.includes_last_item_in_range);
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.items[0].subject.as_deref(), Some("Board meeting"));
+        assert_eq!(page.items[0].location, None);
+        let truncated = found.replace(
+            "IncludesLastItemInRange=\"true\"",
+            "IncludesLastItemInRange=\"false\"",
+        );
+        let page = read_find_item(
+            &answer(Operation::FindItem, &wrap(&truncated)).unwrap(),
+            &property(),
+        )
+        .unwrap();
+        assert!(!page.includes_last_item_in_range);
+    }
+
+    #[test]
+    fn busy_in_body_carries_its_back_off() {
+        let Some(busy) = example("busy_inbody.xml") else {
+            return;
+        };
+        let root = xml::parse(&wrap(&busy)).unwrap();
+        let message = root
+            .descendant_by_local_name("SyncFolderItemsResponseMessage")
+            .unwrap();
+        let err = message_outcome(message).unwrap_err();
+        assert_eq!(err.back_off(), Some(Duration::from_millis(5000)));
+        assert!(err.is_transient());
+        // The same message in a GetItem answer: the item's slot carries the error.
+        let as_get_item = busy.replace("SyncFolderItems", "GetItem");
+        let items = read_get_item(
+            &answer(Operation::GetItem, &wrap(&as_get_item)).unwrap(),
+            &property(),
+            1,
+        )
+        .unwrap();
+        let err = items[0].as_ref().unwrap_err();
+        assert_eq!(err.code(), "ErrorServerBusy");
+        assert_eq!(err.back_off(), Some(Duration::from_millis(5000)));
+    }
+
+    #[test]
+    fn soap_faults() {
+        let busy = r#"<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorServerBusy</faultcode><faultstring xml:lang="en-US">The server cannot service this request right now. Try again later.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorServerBusy</e:ResponseCode><e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">The server cannot service this request right now. Try again later.</e:Message><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value Name="BackOffMilliseconds">297749</t:Value></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#;
+        let err = read_answer(Operation::GetItem, 500, None, busy.as_bytes()).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                EwsError::ResponseCode {
+                    code: ResponseCode::ServerBusy,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert_eq!(err.back_off(), Some(Duration::from_millis(297_749)));
+        assert!(err.is_transient() && !err.outcome_unknown());
+
+        // MessageXml in another namespace (it varies by version): found by local name.
+        let moved = busy.replace(
+            r#"<t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:Value"#,
+            r#"<x:MessageXml xmlns:x="urn:other"><x:Value"#,
+        )
+        .replace("</t:Value></t:MessageXml>", "</x:Value></x:MessageXml>");
+        let err = read_answer(Operation::GetItem, 500, None, moved.as_bytes()).unwrap_err();
+        assert_eq!(err.back_off(), Some(Duration::from_millis(297_749)));
+
+        let schema = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:ErrorSchemaValidation</faultcode><faultstring xml:lang="en-US">The request failed schema validation: The element 'CalendarItem' has invalid child element 'Start'.</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">ErrorSchemaValidation</e:ResponseCode><e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">The request failed schema validation.</e:Message><t:MessageXml xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><t:LineNumber>1</t:LineNumber><t:LinePosition>512</t:LinePosition><t:Violation>The element 'CalendarItem' has invalid child element 'Start'.</t:Violation></t:MessageXml></detail></s:Fault></s:Body></s:Envelope>"#;
+        let err = read_answer(Operation::CreateItem, 500, None, schema.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "ErrorSchemaValidation");
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(
+            text.contains("line 1, position 512") && text.contains("'Start'"),
+            "{text}"
+        );
+
+        // A fault with only a faultcode.
+        let bare = r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><soap:Fault><faultcode xmlns:q="urn:q">q:ErrorInvalidRequest</faultcode><faultstring>bad</faultstring></soap:Fault></soap:Body></soap:Envelope>"#;
+        let err = read_answer(Operation::GetItem, 500, None, bare.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "ErrorInvalidRequest");
+        assert!(err.to_string().contains("bad"));
+    }
+
+    #[test]
+    fn http_statuses() {
+        assert!(matches!(
+            read_answer(Operation::GetItem, 401, None, b""),
+            Err(EwsError::Unauthorized { .. })
+        ));
+        assert_eq!(
+            read_answer(Operation::Subscribe, 403, None, b"<html/>"),
+            Err(EwsError::EwsDisabled)
+        );
+        let busy =
+            read_answer(Operation::GetItem, 503, Some(Duration::from_secs(7)), b"").unwrap_err();
+        assert_eq!(busy.code(), "http_503");
+        assert_eq!(busy.back_off(), Some(Duration::from_secs(7)));
+        assert!(busy.is_transient());
+        // A 500 that is no SOAP fault (a proxy's page): the write may have happened.
+        let proxy =
+            read_answer(Operation::CreateItem, 500, None, b"<html>oops</html>").unwrap_err();
+        assert_eq!(proxy.code(), "http_500");
+        assert!(proxy.outcome_unknown());
+        assert_eq!(
+            read_answer(Operation::GetItem, 302, None, b"")
+                .unwrap_err()
+                .code(),
+            "http_302"
+        );
+    }
+
+    #[test]
+    fn any_prefix_and_the_default_namespace() {
+        let body = r#"<ns0:Envelope xmlns:ns0="http://schemas.xmlsoap.org/soap/envelope/"><ns0:Body><GetItemResponse xmlns="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:ns1="http://schemas.microsoft.com/exchange/services/2006/types"><ResponseMessages><GetItemResponseMessage ResponseClass="Success"><ResponseCode>NoError</ResponseCode><Items><ns1:CalendarItem><ns1:ItemId Id="A" ChangeKey="K"/><ns1:ParentFolderId Id="CAL"/><ns1:Subject>Meet &amp; greet</ns1:Subject><ns1:ExtendedProperty><ns1:ExtendedFieldURI PropertySetId="00020329-0000-0000-c000-000000000046" PropertyName="ReservationId" PropertyType="String"/><ns1:Value>res-1</ns1:Value></ns1:ExtendedProperty><ns1:Start>2026-05-06T10:00:00+02:00</ns1:Start><ns1:End>2026-05-06T09:00:00.0000000Z</ns1:End><ns1:IsCancelled>true</ns1:IsCancelled></ns1:CalendarItem></Items></GetItemResponseMessage></ResponseMessages></GetItemResponse></ns0:Body></ns0:Envelope>"#;
+        let items = read_get_item(
+            &answer(Operation::GetItem, body.as_bytes()).unwrap(),
+            &property(),
+            1,
+        )
+        .unwrap();
+        let item = items[0].as_ref().unwrap();
+        assert_eq!(item.subject.as_deref(), Some("Meet & greet"));
+        assert_eq!(item.parent_folder_id.as_deref(), Some("CAL"));
+        assert_eq!(
+            item.reservation_id.as_deref(),
+            Some("res-1"),
+            "GUID form, lower case"
+        );
+        assert_eq!(item.start, Some(datetime!(2026-05-06 08:00 UTC)));
+        assert_eq!(item.end, Some(datetime!(2026-05-06 09:00 UTC)));
+        assert!(item.is_cancelled);
+
+        // The right local names under the wrong namespace are not EWS.
+        let impostor = body.replace(
+            "xmlns=\"http://schemas.microsoft.com/exchange/services/2006/messages\"",
+            "xmlns=\"urn:not-ews\"",
+        );
+        assert!(matches!(
+            answer(Operation::GetItem, impostor.as_bytes()),
+            Err(EwsError::Malformed { .. })
+        ));
+        // Another GUID is another property set.
+        let other_set = body.replace(
+            "00020329-0000-0000-c000-000000000046",
+            "00062008-0000-0000-C000-000000000046",
+        );
+        let items = read_get_item(
+            &answer(Operation::GetItem, other_set.as_bytes()).unwrap(),
+            &property(),
+            1,
+        )
+        .unwrap();
+        assert_eq!(items[0].as_ref().unwrap().reservation_id, None);
+    }
+
+    #[test]
+    fn warnings_and_inner_errors() {
+        let warning = r#"<m:GetFolderResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages"><m:ResponseMessages><m:GetFolderResponseMessage ResponseClass="Warning"><m:MessageText>Processing stopped.</m:MessageText><m:ResponseCode>ErrorBatchProcessingStopped</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey></m:GetFolderResponseMessage></m:ResponseMessages></m:GetFolderResponse>"#;
+        let err =
+            read_get_folder(&answer(Operation::GetFolder, &wrap(warning)).unwrap()).unwrap_err();
+        assert!(matches!(&err, EwsError::Warning { .. }), "{err:?}");
+        assert!(err.is_transient());
+        let inner = r#"<m:DeleteItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:DeleteItemResponseMessage ResponseClass="Error"><m:MessageText>An internal server error occurred.</m:MessageText><m:ResponseCode>ErrorInternalServerError</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:MessageXml><t:Value Name="InnerErrorResponseCode">ErrorMailboxStoreUnavailable</t:Value></m:MessageXml></m:DeleteItemResponseMessage></m:ResponseMessages></m:DeleteItemResponse>"#;
+        let err =
+            read_delete_item(&answer(Operation::DeleteItem, &wrap(inner)).unwrap()).unwrap_err();
+        assert_eq!(err.code(), "ErrorInternalServerError");
+        assert!(
+            err.to_string().contains("ErrorMailboxStoreUnavailable"),
+            "{err}"
+        );
+        // Codes that are not identifiers are not believed (they would become metric labels).
+        let odd = inner.replace("ErrorInternalServerError", "Error Internal &amp; x");
+        assert!(matches!(
+            read_delete_item(&answer(Operation::DeleteItem, &wrap(&odd)).unwrap()),
+            Err(EwsError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn get_folder_answer() {
+        let folder = r#"<m:GetFolderResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages><m:GetFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Folders><t:CalendarFolder><t:FolderId Id="AAMkCAL" ChangeKey="AgAA"/></t:CalendarFolder></m:Folders></m:GetFolderResponseMessage></m:ResponseMessages></m:GetFolderResponse>"#;
+        assert_eq!(
+            read_get_folder(&answer(Operation::GetFolder, &wrap(folder)).unwrap()).unwrap(),
+            "AAMkCAL"
+        );
+        let empty = folder.replace("<t:FolderId Id=\"AAMkCAL\" ChangeKey=\"AgAA\"/>", "");
+        assert!(read_get_folder(&answer(Operation::GetFolder, &wrap(&empty)).unwrap()).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut bodies: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"garbage".to_vec(),
+            b"<html><body>Service Unavailable</body></html>".to_vec(),
+            wrap(""),
+            wrap("<m:GetItemResponse xmlns:m=\"http://schemas.microsoft.com/exchange/services/2006/messages\"/>"),
+            b"<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"/>".to_vec(),
+            b"<s:Envelope xmlns:s=\"http://schemas.xmlsoap.org/soap/envelope/\"><s:Body><s:Fault/></s:Body></s:Envelope>".to_vec(),
+        ];
+        let names = [
+            "getitem_resp.xml",
+            "finditem_resp.xml",
+            "subscribe_resp.xml",
+            "createitem_resp.xml",
+            "busy_inbody.xml",
+        ];
+        for name in names {
+            let Some(text) = example(name) else { return };
+            let whole = wrap(&text);
+            // Every truncation of a real answer.
+            for cut in (0..whole.len()).step_by(7) {
+                bodies.push(whole[..cut].to_vec());
+            }
+            // Random byte flips.
+            let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+            for _ in 0..200 {
+                let mut flipped = whole.clone();
+                let at = rng.random_range(0..flipped.len());
+                flipped[at] = rng.random();
+                bodies.push(flipped);
+            }
+        }
+        for body in &bodies {
+            for operation in Operation::ALL {
+                for status in [200, 500] {
+                    if let Ok(response) = read_answer(operation, status, None, body) {
+                        let _ = read_subscribe(&response);
+                        let _ = read_get_item(&response, &property(), 1);
+                        let _ = read_create_item(&response);
+                        let _ = read_update_item(&response);
+                        let _ = read_delete_item(&response);
+                        let _ = read_find_item(&response, &property());
+                        let _ = read_get_folder(&response);
+                    }
+                }
+            }
+        }
+        // A truncated success answer is unreadable, and the write may have happened.
+        let Some(created) = example("createitem_resp.xml") else {
+            return;
+        };
+        let whole = wrap(&created);
+        let err =
+            read_answer(Operation::CreateItem, 200, None, &whole[..whole.len() / 2]).unwrap_err();
+        assert!(err.outcome_unknown(), "{err:?}");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // 1994-11-06 08:49:37
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("99999999999", now), Some(MAX_HINT));
+    }
+
+    #[test]
+    fn date_time_forms() {
+        let t = datetime!(2026-05-06 08:00 UTC);
+        assert_eq!(parse_date_time("2026-05-06T08:00:00Z"), Some(t));
+        assert_eq!(parse_date_time("2026-05-06T08:00:00.0000000Z"), Some(t));
+        assert_eq!(parse_date_time("2026-05-06T10:00:00+02:00"), Some(t));
+        assert_eq!(parse_date_time("2026-05-06T08:00:00"), Some(t));
+        assert_eq!(parse_date_time("2026-05-06"), None);
+        assert_eq!(parse_date_time("tomorrow"), None);
+    }
+}
