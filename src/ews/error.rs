@@ -247,21 +247,26 @@ impl EwsError {
 
 fn http_label(status: u16) -> &'static str {
     // Labels are static so that a hostile status line cannot grow the metric's label set.
+    const EXACT: [(u16, &str); 14] = [
+        (301, "http_301"),
+        (302, "http_302"),
+        (307, "http_307"),
+        (308, "http_308"),
+        (400, "http_400"),
+        (404, "http_404"),
+        (405, "http_405"),
+        (413, "http_413"),
+        (429, "http_429"),
+        (500, "http_500"),
+        (501, "http_501"),
+        (502, "http_502"),
+        (503, "http_503"),
+        (504, "http_504"),
+    ];
+    if let Some((_, label)) = EXACT.iter().find(|(code, _)| *code == status) {
+        return label;
+    }
     match status {
-        301 => "http_301",
-        302 => "http_302",
-        307 => "http_307",
-        308 => "http_308",
-        400 => "http_400",
-        404 => "http_404",
-        405 => "http_405",
-        413 => "http_413",
-        429 => "http_429",
-        500 => "http_500",
-        501 => "http_501",
-        502 => "http_502",
-        503 => "http_503",
-        504 => "http_504",
         300..=399 => "http_3xx",
         400..=499 => "http_4xx",
         500..=599 => "http_5xx",
