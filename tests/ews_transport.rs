@@ -646,3 +646,72 @@ async fn tls_trusts_the_extra_ca_and_nothing_else() {
     }
     assert_eq!(server.received().len(), 1);
 }
+
+/// A GetItem answer with one message per `t:ItemId` in the request, in order: `busy_once` is
+/// ErrorServerBusy the first time it is asked for, `gone` is ErrorItemNotFound.
+fn get_item_answer(request: &Received, busy_once: &Mutex<bool>, gone: &str) -> Reply {
+    let ids: Vec<&str> = request
+        .body
+        .split("<t:ItemId Id=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    let mut messages = String::new();
+    for id in ids {
+        let busy = id == "X5" && std::mem::replace(&mut *busy_once.lock().unwrap(), false);
+        if busy {
+            messages.push_str(r#"<m:GetItemResponseMessage ResponseClass="Error"><m:MessageText>busy</m:MessageText><m:ResponseCode>ErrorServerBusy</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:MessageXml><t:Value Name="BackOffMilliseconds">20</t:Value></m:MessageXml><m:Items/></m:GetItemResponseMessage>"#);
+        } else if id == gone {
+            messages.push_str(r#"<m:GetItemResponseMessage ResponseClass="Error"><m:MessageText>The specified object was not found in the store.</m:MessageText><m:ResponseCode>ErrorItemNotFound</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:Items/></m:GetItemResponseMessage>"#);
+        } else {
+            messages.push_str(&format!(r#"<m:GetItemResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Items><t:CalendarItem><t:ItemId Id="{id}" ChangeKey="CK-{id}"/><t:Subject>Subject {id}</t:Subject><t:Start>2026-05-06T08:00:00Z</t:Start><t:End>2026-05-06T09:00:00Z</t:End><t:IsCancelled>false</t:IsCancelled></t:CalendarItem></m:Items></m:GetItemResponseMessage>"#));
+        }
+    }
+    ok(&format!(
+        r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:GetItemResponse xmlns:m="http://schemas.microsoft.com/exchange/services/2006/messages" xmlns:t="http://schemas.microsoft.com/exchange/services/2006/types"><m:ResponseMessages>{messages}</m:ResponseMessages></m:GetItemResponse></s:Body></s:Envelope>"#
+    ))
+}
+
+#[tokio::test]
+async fn get_item_batches_by_ten_and_asks_again_for_what_was_not_processed() {
+    let dir = tempfile::tempdir().unwrap();
+    let busy_once = Arc::new(Mutex::new(true));
+    let flag = busy_once.clone();
+    let server = Server::start(Arc::new(move |_, request| {
+        get_item_answer(request, &flag, "X7")
+    }))
+    .await;
+    let client = EwsClient::new(settings(&server.url("http"), &dir)).unwrap();
+    let ids: Vec<ItemId> = (0..12).map(|i| ItemId::new(format!("X{i}"))).collect();
+    let property = pushgate::ews::ReservationProperty::new("R");
+    let results = bounded(client.get_calendar_items(ROOM, &ids, &property))
+        .await
+        .unwrap();
+    assert_eq!(results.len(), 12);
+    for (i, result) in results.iter().enumerate() {
+        if i == 7 {
+            assert!(result.as_ref().unwrap_err().is_item_not_found());
+        } else {
+            let item = result.as_ref().unwrap();
+            assert_eq!(
+                item.item_id,
+                ItemId::with_change_key(format!("X{i}"), format!("CK-X{i}"))
+            );
+            assert_eq!(
+                item.subject.as_deref(),
+                Some(format!("Subject X{i}").as_str())
+            );
+        }
+    }
+    let sent: Vec<usize> = server
+        .received()
+        .iter()
+        .map(|r| r.body.matches("<t:ItemId ").count())
+        .collect();
+    assert_eq!(
+        sent,
+        [10, 1, 2],
+        "a batch of ten, the busy one again, the rest"
+    );
+    assert!(server.received()[1].body.contains("<t:ItemId Id=\"X5\"/>"));
+}

@@ -1,7 +1,6 @@
-//! The EWS client (connection 2: the worker calling Exchange Web Services): push Subscribe,
-//! GetItem, CreateItem, UpdateItem, DeleteItem, FindItem with a CalendarView and GetFolder on a
-//! mailbox's calendar, acting for many mailboxes by impersonation. Uses nothing of pushgate but
-//! `config` (at its edge) and `filestamp`.
+//! The EWS client (connection 2: the worker calling Exchange Web Services): push Subscribe and
+//! GetItem, CreateItem, UpdateItem, DeleteItem, FindItem (CalendarView), GetFolder on a mailbox's
+//! calendar, for many mailboxes by impersonation. Uses only `config` (its edge) and `filestamp`.
 //!
 //! Requests are written and answers read by hand with quick-xml rather than with the `ews` crate
 //! (thunderbird/ews-rs 0.1.2): that crate has no ExchangeImpersonation header, no
