@@ -25,6 +25,7 @@ pub struct Config {
     pub ranges: RangesConfig,
     pub worker: WorkerConfig,
     pub subscriptions: SubscriptionsConfig,
+    pub ews: EwsConfig,
     pub log: LogConfig,
 }
 
@@ -288,6 +289,203 @@ pub const PRODUCT_ENV_NAMES: [(&str, &str); 3] = [
     ),
     ("IdpRootUrl", "idp_root_url"),
 ];
+/// How the worker authenticates to Exchange Web Services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EwsAuth {
+    /// OAuth 2.0 client credentials (Exchange Online app-only access).
+    Oauth2,
+    /// User name and password (on-premises Exchange).
+    Basic,
+    /// A bearer token from a file that something else keeps fresh.
+    Bearer,
+}
+
+/// `[ews]`: the worker's connection to Exchange Web Services (connection 2). An empty `url` means
+/// no EWS is configured: the worker then only stores what the gateway forwards.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EwsConfig {
+    /// `https://host/EWS/Exchange.asmx`; empty: no EWS.
+    pub url: String,
+    pub auth: EwsAuth,
+    /// OAuth 2.0 token endpoint (`auth = "oauth2"`).
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret_file: PathBuf,
+    pub scope: String,
+    /// `auth = "basic"`.
+    pub username: String,
+    pub password_file: PathBuf,
+    /// `auth = "bearer"`: read again whenever the file changes.
+    pub token_file: PathBuf,
+    /// `RequestServerVersion`, one of the schema's ExchangeVersionType values.
+    pub server_version: String,
+    /// Act for each mailbox with the ExchangeImpersonation header; false: delegate access.
+    pub impersonation: bool,
+    /// Extra PEM certificates trusted besides the system roots; empty: none.
+    pub ca_file: PathBuf,
+    /// Allow `http://` URLs (credentials then travel in clear).
+    pub allow_http: bool,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Requests in flight at once, across all mailboxes.
+    pub max_concurrency: usize,
+}
+
+/// Exchange Online's app-only scope.
+pub const EWS_DEFAULT_SCOPE: &str = "https://outlook.office365.com/.default";
+
+/// The schema's `ExchangeVersionType` values (types.xsd), the only ones `RequestServerVersion`
+/// accepts.
+pub const EWS_SERVER_VERSIONS: &[&str] = &[
+    "Exchange2007",
+    "Exchange2007_SP1",
+    "Exchange2009",
+    "Exchange2010",
+    "Exchange2010_SP1",
+    "Exchange2010_SP2",
+    "Exchange2012",
+    "Exchange2013",
+    "Exchange2013_SP1",
+    "Exchange2015",
+    "Exchange2016",
+    "V2015_10_05",
+    "V2016_01_06",
+    "V2016_04_13",
+    "V2016_07_13",
+    "V2016_10_10",
+    "V2017_01_07",
+    "V2017_04_14",
+    "V2017_07_11",
+    "V2017_10_09",
+    "V2018_01_08",
+];
+
+impl Default for EwsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            auth: EwsAuth::Oauth2,
+            token_url: String::new(),
+            client_id: String::new(),
+            client_secret_file: PathBuf::new(),
+            scope: EWS_DEFAULT_SCOPE.into(),
+            username: String::new(),
+            password_file: PathBuf::new(),
+            token_file: PathBuf::new(),
+            server_version: "Exchange2013".into(),
+            impersonation: true,
+            ca_file: PathBuf::new(),
+            allow_http: false,
+            timeout: Duration::from_secs(30),
+            max_concurrency: 8,
+        }
+    }
+}
+
+impl EwsConfig {
+    /// Whether EWS is configured at all (an empty `url` means ingest only).
+    pub fn is_enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// The `[ews]` checks; the auth-specific keys only matter once `url` is set.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !EWS_SERVER_VERSIONS.contains(&self.server_version.as_str()) {
+            return Err(ConfigError::key(
+                "ews.server_version",
+                format!(
+                    "{:?} is not an Exchange version the schema knows (e.g. Exchange2013, Exchange2016, V2018_01_08)",
+                    self.server_version
+                ),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(ConfigError::key("ews.timeout", "must be longer than zero"));
+        }
+        if self.max_concurrency == 0 {
+            return Err(ConfigError::key(
+                "ews.max_concurrency",
+                "must be at least 1",
+            ));
+        }
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        check_ews_url("ews.url", &self.url, self.allow_http)?;
+        let required_path = |key: &str, value: &Path| {
+            if value.as_os_str().is_empty() {
+                Err(ConfigError::key(
+                    key,
+                    format!("is required with ews.auth = \"{}\"", self.auth_name()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let required_text = |key: &str, value: &str| {
+            if value.trim().is_empty() {
+                Err(ConfigError::key(
+                    key,
+                    format!("is required with ews.auth = \"{}\"", self.auth_name()),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self.auth {
+            EwsAuth::Oauth2 => {
+                required_text("ews.token_url", &self.token_url)?;
+                check_ews_url("ews.token_url", &self.token_url, self.allow_http)?;
+                required_text("ews.client_id", &self.client_id)?;
+                required_path("ews.client_secret_file", &self.client_secret_file)?;
+                required_text("ews.scope", &self.scope)?;
+            }
+            EwsAuth::Basic => {
+                required_text("ews.username", &self.username)?;
+                if self.username.contains(':') {
+                    return Err(ConfigError::key(
+                        "ews.username",
+                        "must not contain `:` (basic authentication cannot carry it)",
+                    ));
+                }
+                required_path("ews.password_file", &self.password_file)?;
+            }
+            EwsAuth::Bearer => required_path("ews.token_file", &self.token_file)?,
+        }
+        Ok(())
+    }
+
+    fn auth_name(&self) -> &'static str {
+        match self.auth {
+            EwsAuth::Oauth2 => "oauth2",
+            EwsAuth::Basic => "basic",
+            EwsAuth::Bearer => "bearer",
+        }
+    }
+}
+
+/// An absolute `https://` URL with a host, or `http://` when `allow_http` is set.
+fn check_ews_url(key: &str, value: &str, allow_http: bool) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(value)
+        .map_err(|e| ConfigError::key(key, format!("{value:?} is not a URL: {e}")))?;
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::key(key, format!("{value:?} has no host")));
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http => Ok(()),
+        "http" => Err(ConfigError::key(
+            key,
+            "is plain http://, which sends credentials in clear; use https:// or set ews.allow_http = true (test setups only)",
+        )),
+        other => Err(ConfigError::key(
+            key,
+            format!("scheme {other:?} is not http(s)"),
+        )),
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -562,6 +760,8 @@ impl Config {
                 .map_err(|e| ConfigError::key(e.key, e.problem))?;
         }
 
+        self.ews.check()?;
+
         if !["json", "text"].contains(&self.log.format.as_str()) {
             return Err(ConfigError::key("log.format", "must be json or text"));
         }
@@ -766,6 +966,68 @@ mod tests {
             jail.set_env("PUSHGATE__GATEWAY__LISTEN", "not-an-address");
             let err = Config::load(None).unwrap_err().to_string();
             assert!(err.contains("gateway.listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn ews_keys_are_checked_once_a_url_is_set() {
+        let url = "[ews]\nurl = \"https://outlook.office365.com/EWS/Exchange.asmx\"\n";
+        let err = Config::from_toml_str(url).unwrap_err().to_string();
+        assert!(
+            err.contains("`ews.token_url`") && err.contains("oauth2"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'));
+        let oauth = format!(
+            "{url}token_url = \"https://login.microsoftonline.com/t/oauth2/v2.0/token\"\nclient_id = \"app\"\nclient_secret_file = \"secret\"\n"
+        );
+        let config = Config::from_toml_str(&oauth).unwrap();
+        assert!(config.ews.is_enabled());
+        assert_eq!(config.ews.scope, EWS_DEFAULT_SCOPE);
+
+        let basic = format!("{url}auth = \"basic\"\nusername = \"svc\"\n");
+        let err = Config::from_toml_str(&basic).unwrap_err().to_string();
+        assert!(err.contains("`ews.password_file`"), "{err}");
+        let bearer = format!("{url}auth = \"bearer\"\n");
+        let err = Config::from_toml_str(&bearer).unwrap_err().to_string();
+        assert!(err.contains("`ews.token_file`"), "{err}");
+
+        let plain = "[ews]\nurl = \"http://exchange.corp/EWS/Exchange.asmx\"\nauth = \"bearer\"\ntoken_file = \"t\"\n";
+        let err = Config::from_toml_str(plain).unwrap_err().to_string();
+        assert!(
+            err.contains("`ews.url`") && err.contains("allow_http"),
+            "{err}"
+        );
+        Config::from_toml_str(&format!("{plain}allow_http = true\n")).unwrap();
+
+        let err = Config::from_toml_str("[ews]\nserver_version = \"Exchange2099\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`ews.server_version`"), "{err}");
+        let err = Config::from_toml_str("[ews]\nmax_concurrency = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`ews.max_concurrency`"), "{err}");
+        let err = Config::from_toml_str("[ews]\nauth = \"ntlm\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ews.auth"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn ews_from_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PUSHGATE__EWS__URL", "http://127.0.0.1:9/EWS/Exchange.asmx");
+            jail.set_env("PUSHGATE__EWS__AUTH", "bearer");
+            jail.set_env("PUSHGATE__EWS__TOKEN_FILE", "/run/secrets/ews");
+            jail.set_env("PUSHGATE__EWS__ALLOW_HTTP", "true");
+            jail.set_env("PUSHGATE__EWS__TIMEOUT", "5s");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.ews.auth, EwsAuth::Bearer);
+            assert!(config.ews.allow_http);
+            assert_eq!(config.ews.timeout, Duration::from_secs(5));
             Ok(())
         });
     }

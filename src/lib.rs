@@ -3,7 +3,8 @@
 //!
 //! Module map (arrows point one way: `gateway` never uses `store` or `worker`):
 //! `notification` (pure EWS message rules), `allowlist` (CIDR set and its hot reload), `ranges`
-//! (the Microsoft feed updater), `gateway` (pingora edge), `worker` (durable ingest), `config`,
+//! (the Microsoft feed updater), `gateway` (pingora edge), `worker` (durable ingest), `ews` (the
+//! EWS client the worker calls Exchange with), `config`,
 //! `cli`, `metrics`, `telemetry`, `demo`.
 
 pub mod allowlist;
@@ -11,6 +12,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod ews;
 pub mod exchange_sim;
 pub mod filestamp;
 pub mod gateway;
