@@ -53,6 +53,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Mailboxes the worker keeps subscribed (the same table as the worker's API).
+    Mailboxes {
+        #[command(subcommand)]
+        command: MailboxesCommand,
+    },
     /// End-to-end demonstration on loopback with throw-away certificate, token and database.
     Demo {
         /// Keep the temporary directory (certificate, database, logs) and print where it is.
@@ -86,6 +91,33 @@ pub enum RangesCommand {
     /// Say whether an address is admitted by the ranges file, and by which range.
     Check {
         address: String,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MailboxesCommand {
+    /// Switch sync on for a mailbox (created when new); the worker subscribes it within seconds.
+    Add {
+        address: String,
+        /// Tenant name (the legacy callback URL carries it); kept when not given.
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Switch sync off and forget the mailbox: its subscription is answered Unsubscribe.
+    Remove {
+        address: String,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Every mailbox and where its subscription stands.
+    List {
+        /// One JSON object per line, as the API shows a mailbox.
+        #[arg(long)]
+        json: bool,
         #[arg(long, env = "PUSHGATE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -203,6 +235,7 @@ pub fn main() -> ExitCode {
             match toml::to_string_pretty(&config) {
                 Ok(text) => {
                     print!("{text}");
+                    println!("{}", callback_summary(&config));
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -211,7 +244,40 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Mailboxes { command } => {
+            use crate::worker::admin::MailboxCommand;
+            let (config, command) = match command {
+                MailboxesCommand::Add {
+                    address,
+                    tenant,
+                    config,
+                } => (config, MailboxCommand::Add { address, tenant }),
+                MailboxesCommand::Remove { address, config } => {
+                    (config, MailboxCommand::Remove { address })
+                }
+                MailboxesCommand::List { json, config } => (config, MailboxCommand::List { json }),
+            };
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            exit_on_error(crate::worker::admin::run(&config, command))
+        }
         Command::Demo { keep } => exit_on_error(crate::demo::run(keep)),
+    }
+}
+
+/// The callback URL subscriptions register and the rule that chose it, as a TOML comment.
+fn callback_summary(config: &Config) -> String {
+    match crate::subscriptions::CallbackUrl::from_config(&config.subscriptions) {
+        Ok(url) => format!(
+            "# callback URL: {} ({})",
+            url.for_tenant(crate::store::mailboxes::DEFAULT_TENANT),
+            url.rule.describe()
+        ),
+        Err(_) => "# callback URL: none (set [subscriptions] idp_root_url or endpoint_url before \
+                   switching on [ews])"
+            .to_string(),
     }
 }
 

@@ -755,7 +755,8 @@ impl Config {
                 "must be at least 1 per second",
             ));
         }
-        if !s.endpoint_url.is_empty() || !s.idp_root_url.is_empty() {
+        // A worker that subscribes must be able to tell Exchange where to post.
+        if self.ews.is_enabled() || !s.endpoint_url.is_empty() || !s.idp_root_url.is_empty() {
             crate::subscriptions::CallbackUrl::from_config(s)
                 .map_err(|e| ConfigError::key(e.key, e.problem))?;
         }

@@ -2,6 +2,7 @@
 //! notification durably before it answers, the metrics and health listener, and the background
 //! jobs (backlog gauge, retention). Storage itself lives in `crate::store`.
 
+pub mod admin;
 pub mod api;
 mod housekeeping;
 mod ingest;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::ews::{EwsClient, EwsMetrics, EwsSettings};
 use crate::notification::Limits;
 use crate::store::{self, GroupCommitOptions, GroupCommitter, Store};
 use crate::subscriptions::{
@@ -90,8 +92,9 @@ pub async fn start_with(config: Config, tuning: Tuning) -> anyhow::Result<Worker
     start_with_subscriber(config, tuning, None).await
 }
 
-/// [`start_with`], subscribing the synced mailboxes through `subscriber` (the EWS client). With
-/// `None`, the worker only ingests and serves the API: nothing subscribes.
+/// [`start_with`], subscribing the synced mailboxes through `subscriber`. With `None`, the EWS
+/// client of `[ews]` subscribes them; without `[ews] url` nothing does (the worker only ingests
+/// and serves the API).
 pub async fn start_with_subscriber(
     config: Config,
     tuning: Tuning,
@@ -112,12 +115,16 @@ pub async fn start_with_subscriber(
         }
         Some(rules::BearerToken::new(&api_token))
     };
-    let callback = match &subscriber {
-        Some(_) => Some(
-            CallbackUrl::from_config(&config.subscriptions)
-                .map_err(|e| anyhow::anyhow!("configuration: `{}`: {}", e.key, e.problem))?,
-        ),
-        None => None,
+    let ews_settings = match &subscriber {
+        Some(_) => None,
+        None => EwsSettings::from_config(&config.ews).context("[ews]")?,
+    };
+    let callback = if subscriber.is_some() || ews_settings.is_some() {
+        let callback = CallbackUrl::from_config(&config.subscriptions)
+            .map_err(|e| anyhow::anyhow!("configuration: `{}`: {}", e.key, e.problem))?;
+        Some(callback)
+    } else {
+        None
     };
     let listen: SocketAddr = worker
         .listen
@@ -133,6 +140,17 @@ pub async fn start_with_subscriber(
         .await
         .with_context(|| format!("opening {}", redact_url(&worker.database_url)))?;
     let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
+    let subscriber = match (subscriber, ews_settings) {
+        (Some(subscriber), _) => Some(subscriber),
+        (None, Some(settings)) => {
+            let ews_metrics =
+                EwsMetrics::register(metrics.registry()).context("registering EWS metrics")?;
+            let client = EwsClient::with_metrics(settings, Some(ews_metrics))
+                .context("starting the EWS client")?;
+            Some(Arc::new(client) as Arc<dyn Subscriber>)
+        }
+        (None, None) => None,
+    };
 
     let listener = TcpListener::bind(listen)
         .await

@@ -18,7 +18,8 @@ use axum::Router;
 use super::rules::BearerToken;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionManager;
-pub use wire::ApiError;
+pub use mailboxes::{mailbox_address, mailbox_json};
+pub use wire::{utc, ApiError};
 
 /// What the handlers share.
 pub(crate) struct ApiState {
