@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,6 +14,7 @@ use pushgate::exchange_sim::client::{
     self, notification_request, Target, SEND_NOTIFICATION_ACTION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 fn post_head(length: usize) -> String {
     format!(
@@ -254,6 +256,196 @@ async fn request_smuggling_shapes_are_refused() {
         h.upstream.assert_untouched(what);
         h.stop().await;
     }
+}
+
+/// When the client's extra bytes leave, relative to its request.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// In the same write as the request.
+    SameWrite,
+    /// A few milliseconds after the request (0 to 3 ms, varied by iteration).
+    Later(u64),
+    /// Once the worker has the request and before it answers.
+    WhileTheWorkerAnswers,
+}
+
+/// Extra bytes a client may send after a complete notification on its one-request connection.
+fn extras() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("trailing CRLF", b"\r\n".to_vec()),
+        ("one stray byte", b"x".to_vec()),
+        (
+            "pipelined notification",
+            notification_request(
+                "/api/webhooks/exchange",
+                "localhost",
+                &fixture("created-calendar-item.xml"),
+            ),
+        ),
+        (
+            "pipelined health check",
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
+    ]
+}
+
+async fn send_with_extra(
+    h: &Harness,
+    request: &[u8],
+    extra: &[u8],
+    timing: Timing,
+    gate: &Semaphore,
+    forwarded_before: usize,
+) -> client::RawResponse {
+    let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+    match timing {
+        Timing::SameWrite => {
+            gate.add_permits(1);
+            let mut bytes = request.to_vec();
+            bytes.extend_from_slice(extra);
+            stream.write_all(&bytes).await.unwrap();
+        }
+        Timing::Later(ms) => {
+            gate.add_permits(1);
+            stream.write_all(request).await.unwrap();
+            stream.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            // The gateway may already have answered and closed: that is fine.
+            let _ = stream.write_all(extra).await;
+            let _ = stream.flush().await;
+        }
+        Timing::WhileTheWorkerAnswers => {
+            stream.write_all(request).await.unwrap();
+            stream.flush().await.unwrap();
+            h.upstream.wait_for_requests(forwarded_before + 1).await;
+            stream.write_all(extra).await.unwrap();
+            stream.flush().await.unwrap();
+            gate.add_permits(1);
+        }
+    }
+    tokio::time::timeout(TIMEOUT, client::read_response(&mut stream))
+        .await
+        .expect("answer in time")
+        .expect("an answer")
+}
+
+/// Bytes after the declared body are not part of the request: whenever they arrive, the
+/// notification is forwarded once, exactly as checked, and answered with the worker's answer; the
+/// extra bytes never reach the worker, and the log and metrics say "forwarded".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_the_body_never_change_what_the_worker_and_the_log_see() {
+    const ROUNDS: u64 = 6;
+    let h = Harness::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    h.upstream.set_behaviour(Behaviour::Hold(gate.clone()));
+    let body = fixture("status-event.xml");
+    let request = notification_request(LEGACY_PATH, "localhost", &body);
+    let mut sent = 0usize;
+    let mut forwarded_bytes = None;
+    for round in 0..ROUNDS {
+        for (what, extra) in extras() {
+            for timing in [
+                Timing::SameWrite,
+                Timing::Later(round % 4),
+                Timing::WhileTheWorkerAnswers,
+            ] {
+                let case = format!("{what}, {timing:?}, round {round}");
+                let response = send_with_extra(&h, &request, &extra, timing, &gate, sent).await;
+                sent += 1;
+                assert_eq!(response.status, 200, "{case}");
+                assert_eq!(response.body, ok_envelope(), "{case}: the worker's answer");
+                let seen = h.upstream.requests();
+                assert_eq!(seen.len(), sent, "{case}: forwarded exactly once");
+                let last = &seen[sent - 1];
+                assert_eq!(last.target, LEGACY_PATH, "{case}");
+                assert_eq!(
+                    last.body, body,
+                    "{case}: the body as declared, nothing more"
+                );
+                // Every forwarded request has the same size (fixed-length request id), so the
+                // upstream's byte count proves no extra byte reached it on any connection.
+                let per_request = *forwarded_bytes.get_or_insert(h.upstream.bytes());
+                assert_eq!(
+                    h.upstream.bytes(),
+                    per_request * sent,
+                    "{case}: bytes reached the upstream beyond the request"
+                );
+            }
+        }
+    }
+    let total = sent as f64;
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="forwarded",reason="ok"}"#,
+        total,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pushgate_gateway_requests_total",
+            r#"outcome="rejected""#
+        ),
+        0.0,
+        "nothing counted as refused"
+    );
+    let log = h.access_log_with("forwarded").await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), sent, "one access-log line per request");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["outcome"] == "forwarded" && line["status"] == 200),
+        "{log}"
+    );
+    h.stop().await;
+}
+
+/// A refused notification followed by extra bytes, whenever they arrive: refused, and nothing of
+/// it reaches the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_bytes_after_it_reaches_nothing() {
+    const ROUNDS: u64 = 6;
+    let h = Harness::start().await;
+    let not_well_formed = fixture("seed-capture-verbatim.xml");
+    let request = notification_request(LEGACY_PATH, "localhost", &not_well_formed);
+    let valid_next = notification_request(LEGACY_PATH, "localhost", &fixture("status-event.xml"));
+    let mut sent = 0.0;
+    for round in 0..ROUNDS {
+        for extra in [&b"\r\n"[..], b"x", &valid_next] {
+            for later in [None, Some(round % 4)] {
+                let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+                match later {
+                    None => {
+                        let mut bytes = request.clone();
+                        bytes.extend_from_slice(extra);
+                        stream.write_all(&bytes).await.unwrap();
+                    }
+                    Some(ms) => {
+                        stream.write_all(&request).await.unwrap();
+                        stream.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        let _ = stream.write_all(extra).await;
+                    }
+                }
+                let response = client::read_response(&mut stream).await.unwrap();
+                sent += 1.0;
+                assert_eq!(response.status, 400, "round {round}, later {later:?}");
+                h.upstream
+                    .assert_untouched(&format!("refused with extra bytes, round {round}"));
+            }
+        }
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="xml_not_well_formed"}"#,
+        sent,
+    )
+    .await;
+    h.upstream.assert_untouched("refused with extra bytes");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

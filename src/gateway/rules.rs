@@ -439,6 +439,15 @@ mod tests {
     }
 
     fn run(method: &str, target: &str, headers: &[(&str, &str)]) -> Result<Route, Reject> {
+        run_version(1, method, target, headers)
+    }
+
+    fn run_version(
+        minor_version: u8,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Route, Reject> {
         let raw: Vec<httparse::Header<'_>> = headers
             .iter()
             .map(|(name, value)| httparse::Header {
@@ -449,10 +458,17 @@ mod tests {
         let head = Head {
             method,
             target: target.as_bytes(),
-            minor_version: 1,
+            minor_version,
             headers: &raw,
         };
         route(&head, &policy())
+    }
+
+    fn notification(route: Result<Route, Reject>) -> NotificationHead {
+        match route {
+            Ok(Route::Notification(head)) => head,
+            other => panic!("not a notification: {other:?}"),
+        }
     }
 
     fn with(change: &[(&'static str, Option<&'static str>)]) -> Vec<(&'static str, &'static str)> {
@@ -770,6 +786,153 @@ mod tests {
             run("POST", "/nowhere", &smuggle),
             Err(Reject::ConflictingFraming)
         );
+    }
+
+    #[test]
+    fn connection_may_only_say_close_or_keep_alive() {
+        let p = "/api/webhooks/exchange";
+        for good in [
+            "close",
+            "keep-alive",
+            "Keep-Alive",
+            "close, keep-alive",
+            " close ,",
+        ] {
+            assert!(
+                run("POST", p, &with(&[("Connection", Some(good))])).is_ok(),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "SOAPAction, Content-Type",
+            "close, SOAPAction",
+            "Content-Length",
+            "Host",
+            "TE",
+            "upgrade",
+            "X-Forwarded-For",
+        ] {
+            assert_eq!(
+                run("POST", p, &with(&[("Connection", Some(bad))])),
+                Err(Reject::BadConnection),
+                "{bad:?}"
+            );
+        }
+        // Also for the pages: one rule for every request.
+        assert_eq!(
+            run("GET", "/healthz", &[("Host", "h"), ("Connection", "Host")]),
+            Err(Reject::BadConnection)
+        );
+    }
+
+    #[test]
+    fn checked_values_are_kept_for_forwarding() {
+        let quoted: &'static str = Box::leak(format!("  \"{ACTION}\"\t").into_boxed_str());
+        let head = notification(run(
+            "POST",
+            "/api/webhooks/exchange?tenant=a.b",
+            &with(&[
+                ("SOAPAction", Some(quoted)),
+                ("Content-Type", Some(" TEXT/XML;charset=\"UTF-8\" ")),
+            ]),
+        ));
+        assert_eq!(head.soap_action, format!("\"{ACTION}\""));
+        assert_eq!(head.content_type, "TEXT/XML;charset=\"UTF-8\"");
+        assert_eq!(head.target, "/api/webhooks/exchange?tenant=a.b");
+        assert_eq!(head.tenant.as_deref(), Some("a.b"));
+    }
+
+    #[test]
+    fn http_1_0_gets_no_interim_answer_and_needs_no_host() {
+        let p = "/api/webhooks/exchange";
+        let head = notification(run_version(
+            0,
+            "POST",
+            p,
+            &with(&[("Expect", Some("100-continue")), ("Host", None)]),
+        ));
+        assert!(!head.expect_continue, "HTTP/1.0 has no 100 Continue");
+        assert_eq!(
+            run_version(0, "POST", p, &with(&[("Expect", Some("200-ok"))])),
+            Err(Reject::BadExpect)
+        );
+        assert!(
+            notification(run("POST", p, &with(&[("Expect", Some("100-continue"))])))
+                .expect_continue
+        );
+        assert_eq!(
+            run_version(2, "POST", p, &exchange_headers()),
+            Err(Reject::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn version_errors_are_505_only_for_a_well_formed_other_version() {
+        for (line, expected) in [
+            (
+                &b"GET /healthz HTTP/2.0\r\n\r\n"[..],
+                Reject::UnsupportedVersion,
+            ),
+            (
+                b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+                Reject::UnsupportedVersion,
+            ),
+            (b"GET / HTTP/0.9\n", Reject::UnsupportedVersion),
+            (b"POST /x  HTTP/1.1\r\n\r\n", Reject::MalformedRequest),
+            (b"POST  /x HTTP/1.1\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x HTTP/1.1 \r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x HTTP/11\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x http/1.1\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x HTTP/1.1x\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x\r\n\r\n", Reject::MalformedRequest),
+            (b"", Reject::MalformedRequest),
+        ] {
+            assert_eq!(
+                version_refusal(line),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn the_parser_stops_at_the_version_for_two_spaces() {
+        // The listener maps httparse's version error through `version_refusal`; this pins the
+        // parser behaviour that mapping relies on.
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut request = httparse::Request::new(&mut headers);
+        assert_eq!(
+            request.parse(b"POST /x  HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Err(httparse::Error::Version)
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut request = httparse::Request::new(&mut headers);
+        assert_eq!(
+            request.parse(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(httparse::Error::Version)
+        );
+    }
+
+    #[test]
+    fn head_lines_must_end_in_crlf() {
+        assert_eq!(
+            check_line_endings(b"POST / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Ok(())
+        );
+        for bare in [
+            &b"POST / HTTP/1.1\nHost: h\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: h\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\n\n",
+            b"\nPOST / HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                check_line_endings(bare),
+                Err(Reject::BareLineFeed),
+                "{:?}",
+                String::from_utf8_lossy(bare)
+            );
+        }
     }
 
     #[test]
