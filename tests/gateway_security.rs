@@ -682,3 +682,307 @@ async fn dual_stack_listener_matches_v4_mapped_peers() {
     );
     h.stop().await;
 }
+
+fn chunked_head() -> String {
+    format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: {SEND_NOTIFICATION_ACTION}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+}
+
+/// Asserts the request id's log lines are at INFO or WARN (never ERROR) and name `reason`.
+async fn logged_as_client_fault(request_id: &str, reason: &str, what: &str) {
+    let lines = wait_for_log_lines(request_id).await;
+    for line in &lines {
+        let level = line["level"].as_str().unwrap_or_default();
+        assert!(
+            level == "INFO" || level == "WARN",
+            "{what}: logged at {level}: {line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|line| line["fields"]["reason"] == reason),
+        "{what}: no log line with reason {reason}: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_framing_is_a_client_fault() {
+    capture_logs();
+    let body = fixture("status-event.xml");
+    let head = chunked_head();
+    let size = format!("{:x}", body.len());
+    let framed = |prefix: &str, data: &[u8], suffix: &str| -> Vec<u8> {
+        let mut out = head.clone().into_bytes();
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(suffix.as_bytes());
+        out
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "chunk size that overflows",
+            framed("1ffffffffffffffff\r\n", &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "negative chunk size",
+            framed(&format!("-{size}\r\n"), &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "hex-prefixed chunk size",
+            framed(&format!("0x{size}\r\n"), &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk longer than its size",
+            framed("10\r\n", &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "LF-only chunk lines",
+            framed(&format!("{size}\n"), &body, "\n0\n\n"),
+        ),
+        (
+            "chunk extension",
+            framed(&format!("{size};ext=1\r\n"), &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "trailer field",
+            framed(
+                &format!("{size}\r\n"),
+                &body,
+                "\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            ),
+        ),
+    ];
+    let h = Harness::start().await;
+    for (what, bytes) in &cases {
+        let response = h.send(ALLOWED, bytes).await.unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        assert_eq!(response.body, b"Bad Request\n", "{what}");
+        let request_id = response.header("x-request-id").unwrap().to_string();
+        logged_as_client_fault(&request_id, "bad_chunked_body", what).await;
+        h.upstream.assert_untouched(what);
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="bad_chunked_body"}"#,
+        cases.len() as f64,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pushgate_gateway_requests_total",
+            r#"outcome="internal_error""#
+        ),
+        0.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_body_is_not_an_internal_error() {
+    capture_logs();
+    let h = Harness::start().await;
+    let body = fixture("exo-capture.xml");
+    let half = &body[..body.len() / 2];
+
+    // Half-closed after part of the body: the client can still read the answer.
+    let mut length_framed = post_head(body.len()).into_bytes();
+    length_framed.extend_from_slice(half);
+    let mut chunked = chunked_head().into_bytes();
+    chunked.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+    chunked.extend_from_slice(half);
+    for (what, bytes) in [("declared length", &length_framed), ("chunked", &chunked)] {
+        let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let response = client::read_response(&mut stream).await.unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        let request_id = response.header("x-request-id").unwrap().to_string();
+        logged_as_client_fault(&request_id, "incomplete_body", what).await;
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="incomplete_body"}"#,
+        2.0,
+    )
+    .await;
+
+    // Gone for good (no TLS close_notify, no reading): counted as a client that went away.
+    for round in 0..5 {
+        let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+        stream.write_all(&length_framed).await.unwrap();
+        stream.flush().await.unwrap();
+        drop(stream);
+        let gone = 2.0 + f64::from(round) + 1.0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = h.metrics().await;
+            let counted = metric_sum(
+                &metrics,
+                "pushgate_gateway_requests_total",
+                r#"reason="incomplete_body""#,
+            ) + metric_sum(
+                &metrics,
+                "pushgate_gateway_requests_total",
+                r#"reason="client_closed""#,
+            );
+            if counted == gone {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {counted} of {gone} counted: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pushgate_gateway_requests_total",
+            r#"outcome="internal_error""#
+        ),
+        0.0,
+        "{metrics}"
+    );
+    let errors: Vec<_> = log_lines_with("\"level\":\"ERROR\"");
+    assert!(
+        errors.is_empty(),
+        "ERROR lines for client faults: {errors:?}"
+    );
+    h.upstream.assert_untouched("client leaving mid-body");
+    h.stop().await;
+}
+
+/// Inserts raw header lines right after the request line.
+fn with_header_lines(request: Vec<u8>, lines: &[u8]) -> Vec<u8> {
+    let line_end = request.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let mut out = request[..line_end].to_vec();
+    out.extend_from_slice(lines);
+    out.extend_from_slice(&request[line_end..]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_strip_checked_fields() {
+    let body = fixture("exo-capture.xml");
+    let h = Harness::start().await;
+    for value in [
+        "SOAPAction, Content-Type",
+        "close, SOAPAction",
+        "Content-Length",
+        "Host",
+        "X-Forwarded-For",
+        "TE",
+    ] {
+        // `notification_request` says `Connection: close`; this one says more.
+        let request = String::from_utf8(notification_request(LEGACY_PATH, "localhost", &body))
+            .unwrap()
+            .replacen("Connection: close", &format!("Connection: {value}"), 1);
+        let response = h.send(ALLOWED, request.as_bytes()).await.unwrap();
+        assert_eq!(response.status, 400, "{value}");
+        h.upstream.assert_untouched(value);
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="bad_connection"}"#,
+        6.0,
+    )
+    .await;
+    // The options a client may send leave every checked field in place.
+    for value in ["close", "keep-alive", "Keep-Alive, close"] {
+        let request = String::from_utf8(notification_request(LEGACY_PATH, "localhost", &body))
+            .unwrap()
+            .replacen("Connection: close", &format!("Connection: {value}"), 1);
+        assert_eq!(
+            h.send(ALLOWED, request.as_bytes()).await.unwrap().status,
+            200
+        );
+        let seen = h.upstream.requests();
+        let last = seen.last().unwrap();
+        assert_eq!(last.header("soapaction"), Some(SEND_NOTIFICATION_ACTION));
+        assert_eq!(last.header("content-type"), Some("text/xml; charset=utf-8"));
+    }
+    h.stop().await;
+}
+
+/// The worker receives exactly the allowlisted fields: the checked ones as checked, the
+/// gateway's own, and nothing else the client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowlisted_fields_reach_the_worker() {
+    let body = fixture("exo-capture.xml");
+    let h = Harness::start().await;
+    let extra: &[u8] = b"Cookie: session=1\r\nX-HTTP-Method-Override: DELETE\r\n\
+        X_Forwarded_For: 203.0.113.9\r\nX-Forwarded-For: 203.0.113.8\r\nForwarded: for=203.0.113.7\r\n\
+        X-Forwarded-Host: evil.example\r\nX-Real-IP: 203.0.113.6\r\nX-Request-Id: chosen-by-client\r\n\
+        Authorization: Bearer forged\r\nProxy-Authorization: Basic eA==\r\nUser-Agent: ExchangeServicesClient/15\r\n\
+        CallerData: abc\r\nVia: 1.1 somewhere\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+        X-Latin: caf\xe9\r\nX-Obs: \x80\xff\r\n";
+    let request = with_header_lines(
+        notification_request(LEGACY_PATH, "gateway.example.com", &body),
+        extra,
+    );
+    let response = h.send(ALLOWED, &request).await.unwrap();
+    assert_eq!(response.status, 200);
+    let seen = h.upstream.requests();
+    assert_eq!(seen.len(), 1);
+    let forwarded = &seen[0];
+    let names: Vec<String> = forwarded
+        .headers
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "content-type",
+            "soapaction",
+            "content-length",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-request-id",
+            "authorization"
+        ],
+        "{:?}",
+        forwarded.headers
+    );
+    assert_eq!(forwarded.version, 1, "HTTP/1.1 to the worker");
+    assert_eq!(
+        forwarded.header("host"),
+        Some(h.upstream.addr.to_string().as_str()),
+        "the worker's own address, not the client's Host"
+    );
+    assert_eq!(forwarded.header("x-forwarded-for"), Some("127.0.0.2"));
+    assert_eq!(forwarded.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        forwarded.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_ne!(forwarded.header("x-request-id"), Some("chosen-by-client"));
+    assert_eq!(forwarded.body, body);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_heads_are_refused() {
+    let body = fixture("status-event.xml");
+    let h = Harness::start().await;
+    let crlf = notification_request(LEGACY_PATH, "localhost", &body);
+    let head_end = crlf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let all_lf = String::from_utf8_lossy(&crlf[..head_end]).replace("\r\n", "\n");
+    let one_lf = String::from_utf8_lossy(&crlf[..head_end]).replacen("\r\n", "\n", 2);
+    for (what, head) in [("every line", all_lf), ("one line", one_lf)] {
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        let response = h.send(ALLOWED, &request).await.unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        h.upstream.assert_untouched(what);
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="bare_lf"}"#,
+        2.0,
+    )
+    .await;
+    h.stop().await;
+}
