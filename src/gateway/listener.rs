@@ -176,36 +176,93 @@ async fn serve_connection(
     } else {
         peer.ip()
     };
-    let Some(mut stream) = handshake(l4, tls, peer, deadline, shared).await else {
+    let Some(stream) = handshake(l4, tls, peer, deadline, shared).await else {
         return;
     };
     // rustls names versions `TLSv1_3`; operators read `TLSv1.3`.
     let tls_version = stream.get_ssl_digest().map(|d| d.version.replace('_', "."));
 
-    // One request per connection, as Exchange uses them. `buf` holds what was read and not yet
-    // used: after the request is read, only bytes the client sent after its body, which are never
-    // part of this request. Keep-alive (for trusted proxies) would read the next request from them,
-    // through all the rules again, once this request is answered.
-    let mut buf = BytesMut::with_capacity(2048);
+    let connection = Connection {
+        peer,
+        source,
+        class,
+        tls: tls_version,
+    };
+    let answered = serve_request(
+        stream,
+        BytesMut::new(),
+        &connection,
+        shared,
+        proxy,
+        shutdown,
+    )
+    .await;
+    if let Some(Answered { mut stream, after }) = answered {
+        // One request per connection, as Exchange uses them: whatever the client sent after its
+        // request (`after`, and anything still coming) is never read as a request; `linger`
+        // discards it. Keep-alive (for trusted proxies) would instead call `serve_request` again
+        // with `stream` and `after`: the next request is read only once this one is answered, and
+        // passes every rule on its own.
+        drop(after);
+        linger(&mut stream).await;
+    }
+}
+
+/// What the transport established about a connection, for every request on it.
+struct Connection {
+    peer: SocketAddr,
+    /// The address the connection speaks for, as far as the transport can tell (PROXY header).
+    source: IpAddr,
+    class: PeerClass,
+    /// Negotiated TLS version, `None` on the plain listener.
+    tls: Option<String>,
+}
+
+/// A request that was answered: the connection, and the bytes read after the end of the request,
+/// which are not part of it.
+struct Answered {
+    stream: Stream,
+    after: BytesMut,
+}
+
+/// Reads one request (starting with the bytes already in `buf`), checks it, and answers it: the
+/// gateway itself for refusals and its pages, the worker through pingora for a notification that
+/// passed every check. Reads stop exactly at the end of the request. `None` when nobody is left
+/// to answer.
+async fn serve_request(
+    mut stream: Stream,
+    mut buf: BytesMut,
+    connection: &Connection,
+    shared: &Arc<Shared>,
+    proxy: &Arc<HttpProxy<GatewayProxy>>,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<Answered> {
+    let peer = connection.peer;
     let head_deadline = Instant::now() + shared.header_timeout;
     let (decision, head_len) = match tokio::time::timeout_at(
         head_deadline.into(),
-        read_and_decide(&mut stream, &mut buf, source, class, shared),
+        read_and_decide(
+            &mut stream,
+            &mut buf,
+            connection.source,
+            connection.class,
+            shared,
+        ),
     )
     .await
     {
         Ok(Ok(decided)) => decided,
-        Ok(Err(HeadFailure::ClosedEarly)) => return,
+        Ok(Err(HeadFailure::ClosedEarly)) => return None,
         Ok(Err(HeadFailure::Io(e))) => {
             tracing::debug!(%peer, error = %e, "reading request head");
-            return;
+            return None;
         }
         // The head did not even parse: answered like any refusal, without a route.
         Ok(Err(HeadFailure::Refused(reject))) => (
             Decision {
                 method: String::new(),
                 target: String::new(),
-                client: Some(source),
+                client: Some(connection.source),
                 outcome: Err(reject),
             },
             buf.len(),
@@ -215,7 +272,7 @@ async fn serve_connection(
                 .metrics
                 .count_request("rejected", "header_timeout", 0.0);
             shared.connection_log.note("header_timeout", peer);
-            return;
+            return None;
         }
     };
     let _head = buf.split_to(head_len);
@@ -225,16 +282,19 @@ async fn serve_connection(
         method: &decision.method,
         target: &decision.target,
         request_id: new_request_id(),
-        tls: tls_version.as_deref(),
+        tls: connection.tls.as_deref(),
         head_done: Instant::now(),
     };
+    let answered = |stream, after| Some(Answered { stream, after });
 
     let (head, client) = match (&decision.outcome, decision.client) {
         (Ok(Route::Notification(head)), Some(client)) => (head.clone(), client),
         (outcome, _) => {
+            // Pages and refusals have no body the gateway reads: what follows the head is not
+            // part of the request either.
             let reply = Reply::for_decision(outcome, shared);
             finish_direct(&mut stream, &seen, reply, 0, shared).await;
-            return;
+            return answered(stream, buf);
         }
     };
     if head.expect_continue
@@ -245,7 +305,7 @@ async fn serve_connection(
     {
         let reply = Reply::gone("client went away before its body was read");
         finish_direct(&mut stream, &seen, reply, 0, shared).await;
-        return;
+        return None;
     }
 
     let body_deadline = seen.head_done + shared.body_timeout;
@@ -265,17 +325,17 @@ async fn serve_connection(
                 shared,
             )
             .await;
-            return;
+            return answered(stream, buf);
         }
         Ok(Err(BodyFailure::Gone(e))) => {
             let reply = Reply::gone(format!("reading the body: {e}"));
             finish_direct(&mut stream, &seen, reply, 0, shared).await;
-            return;
+            return None;
         }
         Err(_elapsed) => {
             let reply = Reply::refused(Reject::BodyTimeout, None);
             finish_direct(&mut stream, &seen, reply, 0, shared).await;
-            return;
+            return answered(stream, buf);
         }
     };
     let bytes_in = body.len() as u64;
@@ -284,7 +344,7 @@ async fn serve_connection(
         let reject = Reject::InvalidNotification(rejection.reason());
         let reply = Reply::refused(reject, Some(rejection.detail));
         finish_direct(&mut stream, &seen, reply, bytes_in, shared).await;
-        return;
+        return answered(stream, buf);
     }
 
     let checked = CheckedRequest {
@@ -300,7 +360,7 @@ async fn serve_connection(
         head_done: seen.head_done,
         method: decision.method.clone(),
         target: decision.target.clone(),
-        tls: tls_version.clone(),
+        tls: connection.tls.clone(),
         checked,
     };
     // Pingora reads only the request rebuilt from what was checked, never the client's bytes;
@@ -311,12 +371,11 @@ async fn serve_connection(
         digest.proxy_digest = Some(Arc::new(record));
     }
     let reusable = proxy.process_new_http(session, shutdown).await;
-    // Never reused (keep-alive is off); dropping it is what gives the connection back.
+    // Keep-alive is off, so pingora offers nothing for reuse; dropping whatever it returns is
+    // what gives the connection back.
     drop(reusable);
-    drop(buf);
-    if let Ok(mut stream) = returned.await {
-        linger(&mut stream).await;
-    }
+    let stream = returned.await.ok()?;
+    answered(stream, buf)
 }
 
 /// Reads a trusted balancer's PROXY header; the client it names (or the balancer itself for
@@ -601,7 +660,7 @@ impl Reply {
 }
 
 /// Ends a request the gateway handles itself (refusal, confirmation page, health check, a client
-/// that went away): writes the answer, counts it, logs it, then closes gently.
+/// that went away): writes the answer, counts it and logs it.
 async fn finish_direct(
     stream: &mut Stream,
     seen: &Seen<'_>,
@@ -667,9 +726,6 @@ async fn finish_direct(
         upstream_ms: None,
         tls: seen.tls,
     });
-    if answer.is_some() {
-        linger(stream).await;
-    }
 }
 
 /// Why the body of an admitted notification was not read whole.
