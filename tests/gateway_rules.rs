@@ -619,10 +619,21 @@ async fn request_line_errors_have_their_status() {
         "two spaces before the version",
     )
     .await;
-    let garbled = String::from_utf8(exchange)
-        .unwrap()
-        .replacen(" HTTP/1.1", " HTTP/1.1x", 1);
+    let garbled =
+        String::from_utf8(exchange.clone())
+            .unwrap()
+            .replacen(" HTTP/1.1", " HTTP/1.1x", 1);
     expect_refused(&h, garbled.as_bytes(), 400, "garbled version").await;
+    let two_spaces_after_method = String::from_utf8(exchange)
+        .unwrap()
+        .replacen("POST ", "POST  ", 1);
+    expect_refused(
+        &h,
+        two_spaces_after_method.as_bytes(),
+        400,
+        "two spaces after the method",
+    )
+    .await;
     expect_refused(
         &h,
         b"GET /healthz HTTP/2.0\r\nHost: localhost\r\n\r\n",
@@ -632,7 +643,7 @@ async fn request_line_errors_have_their_status() {
     .await;
     h.wait_metric(
         r#"pushgate_gateway_requests_total{outcome="rejected",reason="malformed_request"}"#,
-        2.0,
+        3.0,
     )
     .await;
     h.stop().await;

@@ -160,6 +160,7 @@ async fn slowloris_head_is_cut_off() {
         1.0,
     )
     .await;
+    h.access_log_with(r#""reason":"header_timeout""#).await;
     h.upstream.assert_untouched("slowloris");
     h.stop().await;
 }

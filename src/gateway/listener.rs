@@ -268,10 +268,25 @@ async fn serve_request(
             buf.len(),
         ),
         Err(_elapsed) => {
-            shared
-                .metrics
-                .count_request("rejected", "header_timeout", 0.0);
+            // Not answered (a slow client is cut off), but counted, logged (rate-limited, as a
+            // scan of slow connections could flood the log) and written to the access log.
             shared.connection_log.note("header_timeout", peer);
+            let seen = Seen {
+                peer,
+                client: Some(connection.source),
+                method: "",
+                target: "",
+                request_id: new_request_id(),
+                tls: connection.tls.as_deref(),
+                head_done: Instant::now(),
+            };
+            let reply = Reply {
+                answer: None,
+                outcome: "rejected",
+                reason: "header_timeout",
+                detail: None,
+            };
+            finish_direct(&mut stream, &seen, reply, 0, shared).await;
             return None;
         }
     };
@@ -676,6 +691,7 @@ async fn finish_direct(
     } = reply;
     let status = answer.map_or(0, |a| a.status);
     match outcome {
+        "rejected" if answer.is_none() => {}
         "rejected" => tracing::info!(
             request_id = seen.request_id.as_str(),
             peer = %seen.peer,
