@@ -707,3 +707,38 @@ async fn http_1_0_without_host_reaches_the_worker_as_valid_http_1_1() {
     assert_eq!(seen[0].body, body);
     h.stop().await;
 }
+
+/// A body just under the limit, declared or chunked, reaches the worker whole (pingora reads the
+/// rebuilt request in several reads).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_near_the_limit_is_forwarded_whole() {
+    let h = Harness::start().await;
+    let text = String::from_utf8(fixture("exo-capture.xml")).unwrap();
+    // Whitespace after the XML declaration keeps the document valid.
+    let filler = 65_536 - text.len() - 1;
+    let body = text.replacen("?>", &format!("?>{}", "\n".repeat(filler)), 1);
+    assert_eq!(body.len(), 65_535);
+    let response = h.post(body.as_bytes()).await;
+    assert_eq!(response.status, 200);
+    let mut chunked = Vec::new();
+    for piece in body.as_bytes().chunks(7_000) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let headers = replace(&exchange_headers(0), "Content-Length", None);
+    let headers = replace(&headers, "Transfer-Encoding", Some("chunked"));
+    let response = h
+        .send(ALLOWED, &build("POST", LEGACY_PATH, &headers, &chunked))
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200);
+    let seen = h.upstream.requests();
+    assert_eq!(seen.len(), 2);
+    for forwarded in &seen {
+        assert_eq!(forwarded.body, body.as_bytes());
+        assert_eq!(forwarded.header("content-length"), Some("65535"));
+    }
+    h.stop().await;
+}
