@@ -200,9 +200,9 @@ async fn serve_connection(
     if let Some(Answered { mut stream, after }) = answered {
         // One request per connection, as Exchange uses them: whatever the client sent after its
         // request (`after`, and anything still coming) is never read as a request; `linger`
-        // discards it. Keep-alive (for trusted proxies) would instead call `serve_request` again
-        // with `stream` and `after`: the next request is read only once this one is answered, and
-        // passes every rule on its own.
+        // discards it. Keep-alive (for trusted proxies) would instead, when `after` is `Some`,
+        // call `serve_request` again with `stream` and those bytes: the next request is read only
+        // once this one is answered, and passes every rule on its own.
         drop(after);
         linger(&mut stream).await;
     }
@@ -222,7 +222,10 @@ struct Connection {
 /// which are not part of it.
 struct Answered {
     stream: Stream,
-    after: BytesMut,
+    /// `Some` only when the request's end is known because its body was read as framed. After a
+    /// refused head or an unfinished body, the bytes that follow may be that request's own body:
+    /// the connection can then carry nothing more.
+    after: Option<BytesMut>,
 }
 
 /// Reads one request (starting with the bytes already in `buf`), checks it, and answers it: the
@@ -305,11 +308,9 @@ async fn serve_request(
     let (head, client) = match (&decision.outcome, decision.client) {
         (Ok(Route::Notification(head)), Some(client)) => (head.clone(), client),
         (outcome, _) => {
-            // Pages and refusals have no body the gateway reads: what follows the head is not
-            // part of the request either.
             let reply = Reply::for_decision(outcome, shared);
             finish_direct(&mut stream, &seen, reply, 0, shared).await;
-            return answered(stream, buf);
+            return answered(stream, None);
         }
     };
     if head.expect_continue
@@ -340,7 +341,7 @@ async fn serve_request(
                 shared,
             )
             .await;
-            return answered(stream, buf);
+            return answered(stream, None);
         }
         Ok(Err(BodyFailure::Gone(e))) => {
             let reply = Reply::gone(format!("reading the body: {e}"));
@@ -350,7 +351,7 @@ async fn serve_request(
         Err(_elapsed) => {
             let reply = Reply::refused(Reject::BodyTimeout, None);
             finish_direct(&mut stream, &seen, reply, 0, shared).await;
-            return answered(stream, buf);
+            return answered(stream, None);
         }
     };
     let bytes_in = body.len() as u64;
@@ -359,7 +360,7 @@ async fn serve_request(
         let reject = Reject::InvalidNotification(rejection.reason());
         let reply = Reply::refused(reject, Some(rejection.detail));
         finish_direct(&mut stream, &seen, reply, bytes_in, shared).await;
-        return answered(stream, buf);
+        return answered(stream, Some(buf));
     }
 
     let checked = CheckedRequest {
@@ -390,7 +391,7 @@ async fn serve_request(
     // what gives the connection back.
     drop(reusable);
     let stream = returned.await.ok()?;
-    answered(stream, buf)
+    answered(stream, Some(buf))
 }
 
 /// Reads a trusted balancer's PROXY header; the client it names (or the balancer itself for
@@ -691,6 +692,7 @@ async fn finish_direct(
     } = reply;
     let status = answer.map_or(0, |a| a.status);
     match outcome {
+        // A header timeout: cut off unanswered, logged by the rate-limited connection log.
         "rejected" if answer.is_none() => {}
         "rejected" => tracing::info!(
             request_id = seen.request_id.as_str(),
