@@ -123,8 +123,14 @@ async fn all_active_and_heard(stack: &Stack) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_callback_rule_gives_its_url_and_heartbeats_arrive() {
     for (rule, expected_path) in [
-        (Callback::EndpointUrl, "/api/webhooks/exchange?tenant=Default"),
-        (Callback::Legacy, "/Webservices/SyncNotification.svc?Default"),
+        (
+            Callback::EndpointUrl,
+            "/api/webhooks/exchange?tenant=Default",
+        ),
+        (
+            Callback::Legacy,
+            "/Webservices/SyncNotification.svc?Default",
+        ),
         (Callback::Root, "/api/webhooks/exchange"),
     ] {
         let stack = Stack::start(
@@ -185,7 +191,13 @@ async fn an_exchange_restart_is_noticed_by_silence_and_nothing_is_lost(db: TestD
     // Changes made while nobody listens.
     let mut created = Vec::new();
     for room in ROOMS {
-        created.push(stack.sim.create_item(room, item("made during the outage")).unwrap().id);
+        created.push(
+            stack
+                .sim
+                .create_item(room, item("made during the outage"))
+                .unwrap()
+                .id,
+        );
     }
     for (room, old) in ROOMS.iter().zip(&before) {
         let view = stack
@@ -194,13 +206,29 @@ async fn an_exchange_restart_is_noticed_by_silence_and_nothing_is_lost(db: TestD
                     && v.mailbox.subscription_id.as_deref() != Some(old.as_str())
             })
             .await;
-        let old_row = stack.store().await.subscription(old).await.unwrap().unwrap();
+        let old_row = stack
+            .store()
+            .await
+            .subscription(old)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(old_row.state, SubscriptionState::Unsubscribed, "replaced");
-        assert!(view.mailbox.resync_requested_at.is_none(), "replayed, no resync needed");
+        assert!(
+            view.mailbox.resync_requested_at.is_none(),
+            "replayed, no resync needed"
+        );
     }
     // Renewed from the last watermark: Exchange replays what was missed.
     wait_items_stored(&stack, &created).await;
-    assert!(metric(&stack, "pushgate_subscription_renewals_total{cause=\"silence\"}").await >= 3.0);
+    assert!(
+        metric(
+            &stack,
+            "pushgate_subscription_renewals_total{cause=\"silence\"}"
+        )
+        .await
+            >= 3.0
+    );
     stack.stop().await;
 }
 
@@ -226,15 +254,27 @@ async fn an_error_notification_leads_to_a_new_subscription(db: TestDb) {
         .await;
     let new_id = view.mailbox.subscription_id.unwrap();
     assert!(stack.sim.subscription(&new_id).unwrap().alive);
-    let incidents = stack.store().await.incidents(Some(&before[0])).await.unwrap();
+    let incidents = stack
+        .store()
+        .await
+        .incidents(Some(&before[0]))
+        .await
+        .unwrap();
     assert_eq!(incidents.len(), 1, "the Error notification is recorded");
     assert_eq!(
-        metric(&stack, "pushgate_subscription_renewals_total{cause=\"error_notification\"}").await,
+        metric(
+            &stack,
+            "pushgate_subscription_renewals_total{cause=\"error_notification\"}"
+        )
+        .await,
         1.0
     );
     // The other mailboxes kept theirs.
     for (room, id) in ROOMS.iter().zip(&before).skip(1) {
-        assert_eq!(stack.mailbox(room).await.mailbox.subscription_id.as_ref(), Some(id));
+        assert_eq!(
+            stack.mailbox(room).await.mailbox.subscription_id.as_ref(),
+            Some(id)
+        );
     }
     // A change after the renewal arrives on the new subscription.
     let made = stack.sim.create_item(ROOMS[0], item("after")).unwrap().id;
@@ -253,8 +293,21 @@ async fn a_refused_watermark_gives_a_fresh_subscription_and_a_resync_request(db:
     )
     .await;
     let before = all_active_and_heard(&stack).await;
-    assert!(stack.mailbox(ROOMS[0]).await.mailbox.resync_requested_at.is_some(), "first subscription: resync requested");
-    let first_request = stack.mailbox(ROOMS[0]).await.mailbox.resync_requested_at.unwrap();
+    assert!(
+        stack
+            .mailbox(ROOMS[0])
+            .await
+            .mailbox
+            .resync_requested_at
+            .is_some(),
+        "first subscription: resync requested"
+    );
+    let first_request = stack
+        .mailbox(ROOMS[0])
+        .await
+        .mailbox
+        .resync_requested_at
+        .unwrap();
     // Exchange forgets the mailbox's events (as after 30 days) and the subscription dies.
     stack.sim.expire_watermarks(ROOMS[0]).unwrap();
     stack.sim.drop_all_subscriptions();
@@ -275,10 +328,17 @@ async fn a_refused_watermark_gives_a_fresh_subscription_and_a_resync_request(db:
         .filter(|c| c.operation == "Subscribe" && c.mailbox.as_deref() == Some(ROOMS[0]))
         .map(|c| c.outcome)
         .collect();
-    assert!(outcomes.contains(&"ErrorInvalidWatermark".to_string()), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&"ErrorInvalidWatermark".to_string()),
+        "{outcomes:?}"
+    );
     assert_eq!(outcomes.last().map(String::as_str), Some("NoError"));
     assert!(
-        metric(&stack, "pushgate_subscription_renewals_total{cause=\"refused_watermark\"}").await
+        metric(
+            &stack,
+            "pushgate_subscription_renewals_total{cause=\"refused_watermark\"}"
+        )
+        .await
             >= 1.0
     );
     stack.stop().await;
@@ -306,11 +366,22 @@ async fn sync_off_unsubscribes_and_exchange_stops_sending(db: TestDb) {
             .is_some_and(|s| !s.alive && s.ended.as_deref() == Some("unsubscribed"))
     })
     .await;
-    assert_eq!(store.events(Some(&ids[1])).await.unwrap().len(), stored_before, "nothing stored after sync off");
+    assert_eq!(
+        store.events(Some(&ids[1])).await.unwrap().len(),
+        stored_before,
+        "nothing stored after sync off"
+    );
     let delivered = stack.sim.subscription(&ids[1]).unwrap().notifications_sent;
     tokio::time::sleep(stack.scaled(Duration::from_secs(150))).await;
-    assert_eq!(stack.sim.subscription(&ids[1]).unwrap().notifications_sent, delivered, "Exchange stopped sending");
-    assert_eq!(stack.mailbox(ROOMS[1]).await.mailbox.state, MailboxState::Off);
+    assert_eq!(
+        stack.sim.subscription(&ids[1]).unwrap().notifications_sent,
+        delivered,
+        "Exchange stopped sending"
+    );
+    assert_eq!(
+        stack.mailbox(ROOMS[1]).await.mailbox.state,
+        MailboxState::Off
+    );
     // The others carry on.
     assert!(stack.sim.subscription(&ids[0]).unwrap().alive);
     stack.stop().await;
@@ -335,17 +406,33 @@ async fn a_short_worker_outage_loses_nothing_and_a_long_one_is_repaired(db: Test
     stack.stop_worker().await;
     let short: Vec<String> = ROOMS
         .iter()
-        .map(|room| stack.sim.create_item(room, item("short outage")).unwrap().id)
+        .map(|room| {
+            stack
+                .sim
+                .create_item(room, item("short outage"))
+                .unwrap()
+                .id
+        })
         .collect();
     wait_until("a delivery fails", || {
-        stack.sim.deliveries().iter().any(|d| d.outcome.starts_with("failed"))
+        stack
+            .sim
+            .deliveries()
+            .iter()
+            .any(|d| d.outcome.starts_with("failed"))
     })
     .await;
     stack.start_worker().await;
     wait_items_stored(&stack, &short).await;
     for (room, id) in ROOMS.iter().zip(&ids) {
-        assert!(stack.sim.subscription(id).unwrap().alive, "{room}: same subscription");
-        assert_eq!(stack.mailbox(room).await.mailbox.subscription_id.as_ref(), Some(id));
+        assert!(
+            stack.sim.subscription(id).unwrap().alive,
+            "{room}: same subscription"
+        );
+        assert_eq!(
+            stack.mailbox(room).await.mailbox.subscription_id.as_ref(),
+            Some(id)
+        );
     }
 
     // Long: longer than Exchange's retry window; it drops every subscription.
@@ -355,7 +442,8 @@ async fn a_short_worker_outage_loses_nothing_and_a_long_one_is_repaired(db: Test
         .map(|room| stack.sim.create_item(room, item("long outage")).unwrap().id)
         .collect();
     wait_until("Exchange drops the subscriptions", || {
-        ids.iter().all(|id| !stack.sim.subscription(id).unwrap().alive)
+        ids.iter()
+            .all(|id| !stack.sim.subscription(id).unwrap().alive)
     })
     .await;
     stack.start_worker().await;
@@ -363,7 +451,11 @@ async fn a_short_worker_outage_loses_nothing_and_a_long_one_is_repaired(db: Test
     wait_items_stored(&stack, &long).await;
     for (room, id) in ROOMS.iter().zip(&ids) {
         let view = stack.wait_active_and_heard(room).await;
-        assert_ne!(view.mailbox.subscription_id.as_ref(), Some(id), "{room}: renewed");
+        assert_ne!(
+            view.mailbox.subscription_id.as_ref(),
+            Some(id),
+            "{room}: renewed"
+        );
     }
     stack.stop().await;
 }
@@ -413,11 +505,19 @@ async fn mailboxes_exchange_refuses_fail_with_the_reason_and_no_hot_loop() {
         ("denied@contoso.com", "ErrorImpersonateUserDenied"),
     ] {
         let view = stack
-            .wait_mailbox(mailbox, "failed", |v| v.mailbox.state == MailboxState::Failed)
+            .wait_mailbox(mailbox, "failed", |v| {
+                v.mailbox.state == MailboxState::Failed
+            })
             .await;
-        assert!(view.mailbox.last_error.as_deref().unwrap().contains(code), "{view:?}");
+        assert!(
+            view.mailbox.last_error.as_deref().unwrap().contains(code),
+            "{view:?}"
+        );
         // Retried hourly (36 s at this scale): not again within the test.
-        assert!(view.mailbox.next_attempt_at.unwrap() > OffsetDateTime::now_utc() + time::Duration::seconds(20));
+        assert!(
+            view.mailbox.next_attempt_at.unwrap()
+                > OffsetDateTime::now_utc() + time::Duration::seconds(20)
+        );
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let calls = stack.sim.call_counts();
@@ -429,10 +529,15 @@ async fn mailboxes_exchange_refuses_fail_with_the_reason_and_no_hot_loop() {
     stack.sim.add_mailbox("room9@contoso.com");
     stack.sync_on("room9@contoso.com").await;
     let view = stack
-        .wait_mailbox("room9@contoso.com", "failed", |v| v.mailbox.state == MailboxState::Failed)
+        .wait_mailbox("room9@contoso.com", "failed", |v| {
+            v.mailbox.state == MailboxState::Failed
+        })
         .await;
     let error = view.mailbox.last_error.unwrap();
-    assert!(error.contains("403") && error.contains("allow-list"), "{error}");
+    assert!(
+        error.contains("403") && error.contains("allow-list"),
+        "{error}"
+    );
     stack.stop().await;
 }
 
@@ -481,7 +586,9 @@ async fn server_busy_slows_every_subscribe_down_by_its_hint() {
 async fn ten_thousand_mailboxes_are_subscribed_within_the_rate_and_a_restart_renews_none() {
     const MAILBOXES: usize = 10_000;
     const RATE: u32 = 1_000;
-    let addresses: Vec<String> = (0..MAILBOXES).map(|i| format!("room{i:05}@contoso.com")).collect();
+    let addresses: Vec<String> = (0..MAILBOXES)
+        .map(|i| format!("room{i:05}@contoso.com"))
+        .collect();
     let mut stack = Stack::start(
         TestDb::sqlite(),
         StackOptions {
@@ -523,7 +630,10 @@ async fn ten_thousand_mailboxes_are_subscribed_within_the_rate_and_a_restart_ren
         if active == MAILBOXES as u64 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "only {active} active: {summary:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {active} active: {summary:?}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let subscribes: Vec<u64> = stack
@@ -533,7 +643,11 @@ async fn ten_thousand_mailboxes_are_subscribed_within_the_rate_and_a_restart_ren
         .filter(|c| c.operation == "Subscribe")
         .map(|c| c.at_ms)
         .collect();
-    assert_eq!(subscribes.len(), MAILBOXES, "exactly one Subscribe per mailbox");
+    assert_eq!(
+        subscribes.len(),
+        MAILBOXES,
+        "exactly one Subscribe per mailbox"
+    );
     // No window of one second holds more calls than the rate allows.
     let mut busiest = 0;
     let mut start = 0;
@@ -543,12 +657,19 @@ async fn ten_thousand_mailboxes_are_subscribed_within_the_rate_and_a_restart_ren
         }
         busiest = busiest.max(end - start + 1);
     }
-    assert!(busiest <= RATE as usize + 1, "{busiest} Subscribe calls within one second");
+    assert!(
+        busiest <= RATE as usize + 1,
+        "{busiest} Subscribe calls within one second"
+    );
 
     // A restart of the worker keeps every fresh subscription.
     stack.stop_worker().await;
     stack.start_worker().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(stack.sim.call_counts().operation("Subscribe"), MAILBOXES as u64, "none renewed");
+    assert_eq!(
+        stack.sim.call_counts().operation("Subscribe"),
+        MAILBOXES as u64,
+        "none renewed"
+    );
     stack.stop().await;
 }
