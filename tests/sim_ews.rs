@@ -1969,3 +1969,73 @@ async fn the_control_api_speaks_json_with_a_token() {
     assert!(counts["by_operation"].is_object());
     sim.shutdown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// `pushgate simulate`
+
+#[test]
+fn pushgate_simulate_serves_until_sigterm() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "simulate",
+            "--mailbox",
+            ROOM1,
+            "--bearer-token",
+            TOKEN,
+            "--control-token",
+            "cli-control",
+            "--ca-out",
+        ])
+        .arg(&ca)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let mut urls = HashMap::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let mut words = line.split_whitespace();
+        if let (Some(name), Some("URL"), Some(url)) = (words.next(), words.next(), words.next()) {
+            urls.insert(name.to_string(), url.to_string());
+        }
+        if line.trim_start().starts_with("time scale") {
+            break;
+        }
+    }
+    let ews_url = urls["EWS"].clone();
+    assert!(ews_url.starts_with("https://127.0.0.1:") && ews_url.ends_with("/EWS/Exchange.asmx"));
+    assert!(urls["token"].ends_with("/oauth2/v2.0/token"));
+    let addr: SocketAddr = ews_url["https://".len()..ews_url.len() - "/EWS/Exchange.asmx".len()]
+        .parse()
+        .unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let pem = std::fs::read_to_string(&ca).unwrap();
+    let response = runtime.block_on(async {
+        let target = Target::tls(addr, &pem, "localhost").unwrap();
+        let request = "GET /control/items?mailbox=room1%40contoso.com HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer cli-control\r\nConnection: close\r\n\r\n";
+        client::exchange(&target, request.as_bytes(), WAIT).await.unwrap()
+    });
+    assert_eq!(response.status, 200);
+    assert_eq!(response.body, b"[]");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -45,6 +45,7 @@ pub mod push;
 pub mod request;
 pub mod schema;
 mod server;
+pub mod simulate;
 mod state;
 pub mod store;
 pub mod subscriptions;
