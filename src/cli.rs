@@ -61,7 +61,7 @@ pub enum Command {
     },
     /// Run the Exchange simulator (EWS, push delivery, OAuth, JSON control API) on loopback
     /// until SIGINT or SIGTERM.
-    Simulate(crate::exchange_sim::simulate::SimulateArgs),
+    Simulate(Box<crate::exchange_sim::simulate::SimulateArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -216,7 +216,7 @@ pub fn main() -> ExitCode {
         }
         Command::Demo { keep } => exit_on_error(crate::demo::run(keep)),
         Command::Simulate(args) => exit_on_error(crate::exchange_sim::simulate::run(
-            args,
+            *args,
             crate::telemetry::wait_for_shutdown_signal,
         )),
     }

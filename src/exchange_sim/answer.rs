@@ -278,7 +278,8 @@ pub fn extended_field_uri(out: &mut String, uri: &ExtendedFieldUri, form: Proper
         }
         PropertySet::Guid(guid) => attribute(out, "PropertySetId", guid),
         PropertySet::Distinguished(name) => attribute(out, "DistinguishedPropertySetId", name),
-        PropertySet::None => {}
+        // Never stored: refused as an invalid combination before anything is answered.
+        PropertySet::Conflicting | PropertySet::None => {}
     }
     if let Some(tag) = &uri.tag {
         attribute(out, "PropertyTag", tag);

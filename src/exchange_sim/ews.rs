@@ -348,7 +348,7 @@ fn subscribe(
         attempts_failed: 0,
         events_sent: 0,
     };
-    state.subscriptions.insert(id.clone(), subscription);
+    state.add_subscription(subscription);
     Execution::Answer {
         messages: vec![Message::success(Body::Subscription {
             id: id.clone(),
@@ -990,7 +990,133 @@ fn get_folder(state: &State, mailbox: &str, request: &GetFolderRequest) -> Execu
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exchange_sim::request::{parse_request, CalendarFields};
+    use crate::exchange_sim::xml::{MESSAGES_NS, SOAP_NS, TYPES_NS};
     use time::macros::datetime;
+
+    fn request(impersonate: Option<&str>, body: &str) -> Request {
+        let header = impersonate
+            .map(|m| format!("<t:ExchangeImpersonation><t:ConnectingSID><t:PrimarySmtpAddress>{m}</t:PrimarySmtpAddress></t:ConnectingSID></t:ExchangeImpersonation>"))
+            .unwrap_or_default();
+        let text = format!(
+            r#"<s:Envelope xmlns:s="{SOAP_NS}" xmlns:m="{MESSAGES_NS}" xmlns:t="{TYPES_NS}"><s:Header>{header}</s:Header><s:Body>{body}</s:Body></s:Envelope>"#
+        );
+        parse_request(text.as_bytes()).unwrap()
+    }
+
+    const GET_FOLDER: &str = r#"<m:GetFolder><m:FolderShape><t:BaseShape>IdOnly</t:BaseShape></m:FolderShape><m:FolderIds><t:DistinguishedFolderId Id="calendar"><t:Mailbox><t:EmailAddress>room2@contoso.com</t:EmailAddress></t:Mailbox></t:DistinguishedFolderId></m:FolderIds></m:GetFolder>"#;
+
+    #[test]
+    fn the_mailbox_acted_for() {
+        let mut state = State::new(1, std::time::Duration::ZERO);
+        state.add_mailbox("room1@contoso.com");
+        state.add_mailbox("room2@contoso.com");
+        let options = SimOptions::default();
+        let get = request(Some("ROOM1@contoso.com"), GET_FOLDER);
+        assert_eq!(
+            acting_mailbox(
+                &state,
+                &options,
+                &Identity::App,
+                &get,
+                Some("room1@CONTOSO.com")
+            ),
+            Ok("room1@contoso.com".to_string())
+        );
+        assert!(matches!(
+            acting_mailbox(&state, &options, &Identity::App, &get, None),
+            Err(Refusal::Fault(_))
+        ));
+        let relaxed = SimOptions {
+            require_anchor_mailbox: false,
+            ..SimOptions::default()
+        };
+        assert!(acting_mailbox(&state, &relaxed, &Identity::App, &get, None).is_ok());
+        // Without impersonation: the mailbox the folder id names (delegate access).
+        let delegate = request(None, GET_FOLDER);
+        assert_eq!(
+            acting_mailbox(&state, &options, &Identity::App, &delegate, None),
+            Ok("room2@contoso.com".to_string())
+        );
+        let unknown = request(Some("nobody@contoso.com"), GET_FOLDER);
+        assert!(matches!(
+            acting_mailbox(
+                &state,
+                &options,
+                &Identity::App,
+                &unknown,
+                Some("nobody@contoso.com")
+            ),
+            Err(Refusal::Messages {
+                code: "ErrorNonExistentMailbox",
+                ..
+            })
+        ));
+        if let Some(mailbox) = state.store.mailbox_mut("room1@contoso.com") {
+            mailbox.impersonation_denied = true;
+        }
+        assert!(matches!(
+            acting_mailbox(
+                &state,
+                &options,
+                &Identity::App,
+                &get,
+                Some("room1@contoso.com")
+            ),
+            Err(Refusal::Messages {
+                code: "ErrorImpersonateUserDenied",
+                ..
+            })
+        ));
+    }
+
+    fn set(path: &str, present: &[&str]) -> Update {
+        Update::Set {
+            path: PropertyPath::Field(path.into()),
+            item: ItemContent::Calendar(CalendarFields {
+                subject: Some("s".into()),
+                present: present.iter().map(|p| p.to_string()).collect(),
+                ..CalendarFields::default()
+            }),
+        }
+    }
+
+    fn code_of(result: Result<FieldChanges, Message>) -> String {
+        match result {
+            Ok(_) => "NoError".into(),
+            Err(message) => message.code,
+        }
+    }
+
+    #[test]
+    fn update_descriptions_are_checked_as_exchange_does() {
+        assert_eq!(
+            code_of(changes_of(&[set("item:Subject", &["Subject"])])),
+            "NoError"
+        );
+        assert_eq!(
+            code_of(changes_of(&[set("item:Subject", &["Subject", "Location"])])),
+            "ErrorIncorrectUpdatePropertyCount"
+        );
+        assert_eq!(
+            code_of(changes_of(&[set("calendar:Location", &["Subject"])])),
+            "ErrorUpdatePropertyMismatch"
+        );
+        assert_eq!(
+            code_of(changes_of(&[set("calendar:IsCancelled", &["IsCancelled"])])),
+            "ErrorInvalidPropertySet"
+        );
+        assert_eq!(
+            code_of(changes_of(&[Update::Delete {
+                path: PropertyPath::Field("calendar:Start".into())
+            }])),
+            "ErrorInvalidPropertyDelete"
+        );
+        let cleared = changes_of(&[Update::Delete {
+            path: PropertyPath::Field("calendar:Location".into()),
+        }]);
+        assert_eq!(cleared.ok().and_then(|c| c.location), Some(None));
+    }
 
     #[test]
     fn calendar_view_range_limit_is_two_calendar_years() {

@@ -28,10 +28,6 @@
 //! - UpdateItem: a stale ChangeKey fails with NeverOverwrite (ErrorIrresolvableConflict),
 //!   AutoResolve needs a ChangeKey (ErrorChangeKeyRequired); DeleteItem ignores stale ChangeKeys.
 
-mod answer_types {
-    pub use super::answer::PropertySetForm;
-}
-
 pub mod answer;
 mod auth;
 pub mod client;
@@ -52,7 +48,7 @@ pub mod subscriptions;
 mod tls;
 pub mod xml;
 
-pub use answer_types::PropertySetForm;
+pub use answer::PropertySetForm;
 pub use handle::{ItemSnapshot, ItemSpec, ItemUpdate, SimError, SimHandle, Simulator};
 pub use options::{SimOptions, OPERATIONS};
 pub use state::{CallCounts, CallRecord, DeliveryRecord, SubscriptionInfo};

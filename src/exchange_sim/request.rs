@@ -81,6 +81,8 @@ pub enum PropertySet {
     Distinguished(String),
     /// A GUID, upper case. PublicStrings is `00020329-0000-0000-C000-000000000046`.
     Guid(String),
+    /// Both DistinguishedPropertySetId and PropertySetId: not a valid combination.
+    Conflicting,
     None,
 }
 
@@ -102,6 +104,7 @@ impl ExtendedFieldUri {
     pub fn is_valid_combination(&self) -> bool {
         let named = self.name.is_some() as u8 + self.id.is_some() as u8;
         match (&self.set, &self.tag) {
+            (PropertySet::Conflicting, _) => false,
             (PropertySet::None, Some(_)) => named == 0,
             (PropertySet::None, None) => false,
             (_, Some(_)) => false,
@@ -734,26 +737,20 @@ fn read_extended_field_uri(element: &Element) -> Checked<ExtendedFieldUri> {
         )?),
         None => None,
     };
-    // Both spellings of a set at once is not a valid combination; keep what tells it.
     let set = match (distinguished, guid) {
-        (Some(_), Some(_)) => PropertySet::Distinguished("both".into()),
+        (Some(_), Some(_)) => PropertySet::Conflicting,
         (Some("PublicStrings"), None) => PropertySet::Guid(PUBLIC_STRINGS_GUID.into()),
         (Some(name), None) => PropertySet::Distinguished(name.to_string()),
         (None, Some(guid)) => PropertySet::Guid(guid),
         (None, None) => PropertySet::None,
     };
-    let mut uri = ExtendedFieldUri {
+    Ok(ExtendedFieldUri {
         set,
         name: element.attribute("PropertyName").map(str::to_string),
         id,
         tag,
         property_type,
-    };
-    if uri.set == PropertySet::Distinguished("both".into()) {
-        // Mark as an invalid combination for the operation to answer.
-        uri.tag = Some("invalid".into());
-    }
-    Ok(uri)
+    })
 }
 
 fn read_shape(element: &Element) -> Checked<ItemShape> {

@@ -197,6 +197,14 @@ async fn ews_call(
         Err(answer) => return Ok(answer),
     };
     let options = &shared.options;
+    // Read once, outside the lock; looked at only once authentication passed.
+    let document = xml::parse(&body);
+    let operation_name = document
+        .as_ref()
+        .ok()
+        .and_then(|root| request::operation_name(root))
+        .unwrap_or("unknown")
+        .to_string();
 
     // Authentication, the EWS switch, stalls: before the body is looked at.
     let (identity, stalled_until) = {
@@ -214,12 +222,8 @@ async fn ews_call(
                     return Ok(unauthorized(true));
                 }
             };
-        let operation = xml::parse(&body)
-            .ok()
-            .and_then(|root| request::operation_name(&root).map(str::to_string))
-            .unwrap_or_else(|| "unknown".into());
         if state.faults.ews_disabled {
-            state.record_call(&operation, None, "http_403");
+            state.record_call(&operation_name, None, "http_403");
             return Ok(plain(
                 StatusCode::FORBIDDEN,
                 "403 Forbidden: EWS is disabled for this tenant, or this application is not on its EWS allow-list (Exchange Online EWSEnabled / EwsAllowedAppIDs).",
@@ -227,7 +231,7 @@ async fn ews_call(
         }
         let stalled = state.faults.stalled_until(now);
         if stalled.is_some() {
-            state.record_call(&operation, None, "stalled");
+            state.record_call(&operation_name, None, "stalled");
         }
         (identity, stalled)
     };
@@ -240,14 +244,14 @@ async fn ews_call(
     }
     let media_type = content_type.split(';').next().unwrap_or_default().trim();
     if !media_type.eq_ignore_ascii_case("text/xml") {
-        shared.lock().record_call("unknown", None, "http_415");
+        shared.lock().record_call(&operation_name, None, "http_415");
         return Ok(plain(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "EWS takes SOAP 1.1 with Content-Type text/xml",
         ));
     }
 
-    let root = match xml::parse(&body) {
+    let root = match document {
         Ok(root) => root,
         Err(e) => {
             let (line, position) = xml::line_and_position(&body, e.offset);
@@ -258,9 +262,6 @@ async fn ews_call(
             return Ok(fault_answer(&fault));
         }
     };
-    let operation_name = request::operation_name(&root)
-        .unwrap_or("unknown")
-        .to_string();
     let parsed = match request::read_envelope(&root) {
         Ok(parsed) => parsed,
         Err(violation) => {
@@ -273,10 +274,18 @@ async fn ews_call(
         }
     };
     let operation = parsed.operation.name().to_string();
+    // The mailbox a refused call was for, as the request named it (observation only).
+    let named = parsed
+        .header
+        .impersonation
+        .as_ref()
+        .and_then(|sid| sid.address())
+        .map(str::to_string);
+    let named = named.as_deref();
     if let Operation::Unsupported(name) = &parsed.operation {
         shared
             .lock()
-            .record_call(&operation, None, "fault:ErrorInvalidRequest");
+            .record_call(&operation, named, "fault:ErrorInvalidRequest");
         return Ok(fault_answer(&ews::unsupported(name)));
     }
 
@@ -290,14 +299,14 @@ async fn ews_call(
         if let Some(back_off) = state.faults.busy(Instant::now()) {
             let back_off_ms = u64::try_from(back_off.as_millis()).unwrap_or(u64::MAX);
             if options.busy_fault_operations.contains(&operation) {
-                state.record_call(&operation, None, "fault:ErrorServerBusy");
+                state.record_call(&operation, named, "fault:ErrorServerBusy");
                 drop(state);
                 return Ok(fault_answer(&Fault::server_busy(back_off_ms)));
             }
             let messages: Vec<Message> = (0..ews::message_count(&parsed.operation))
                 .map(|_| Message::server_busy(&operation, back_off_ms))
                 .collect();
-            state.record_call(&operation, None, "ErrorServerBusy");
+            state.record_call(&operation, named, "ErrorServerBusy");
             answer::envelope(&answer::response_element(
                 &operation,
                 &messages,
@@ -306,12 +315,12 @@ async fn ews_call(
         } else {
             match ews::acting_mailbox(&state, options, &identity, &parsed, anchor.as_deref()) {
                 Err(Refusal::Fault(fault)) => {
-                    state.record_call(&operation, None, &format!("fault:{}", fault.code));
+                    state.record_call(&operation, named, &format!("fault:{}", fault.code));
                     drop(state);
                     return Ok(fault_answer(&fault));
                 }
                 Err(Refusal::Messages { code, text }) => {
-                    state.record_call(&operation, None, code);
+                    state.record_call(&operation, named, code);
                     if options.impersonation_errors_as_faults {
                         drop(state);
                         return Ok(fault_answer(&Fault::other(code, &text)));

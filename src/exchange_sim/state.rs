@@ -169,6 +169,8 @@ pub struct State {
     pub store: Store,
     /// Every subscription ever made, ended ones included (observation reports why they ended).
     pub subscriptions: BTreeMap<String, Subscription>,
+    /// Subscription ids per mailbox key, for the per-mailbox limit.
+    pub subscriptions_by_mailbox: HashMap<String, Vec<String>>,
     pub tasks: HashMap<String, Task>,
     /// Per mailbox: the head of its event log, for the delivery tasks to wait on.
     pub heads: HashMap<String, watch::Sender<u64>>,
@@ -189,6 +191,7 @@ impl State {
         State {
             store: Store::new(seed),
             subscriptions: BTreeMap::new(),
+            subscriptions_by_mailbox: HashMap::new(),
             tasks: HashMap::new(),
             heads: HashMap::new(),
             faults: Faults {
@@ -286,12 +289,33 @@ impl State {
         self.deliveries.push_back(record);
     }
 
+    pub fn add_subscription(&mut self, subscription: Subscription) {
+        let ids = self
+            .subscriptions_by_mailbox
+            .entry(subscription.mailbox.clone())
+            .or_default();
+        // Forget ended ones here, so a mailbox renewed over a long run keeps a short list.
+        ids.retain(|id| {
+            self.subscriptions
+                .get(id)
+                .is_some_and(Subscription::is_alive)
+        });
+        ids.push(subscription.id.clone());
+        self.subscriptions
+            .insert(subscription.id.clone(), subscription);
+    }
+
     /// Alive subscriptions of a mailbox.
     pub fn alive_subscriptions(&self, mailbox: &str) -> usize {
         let key = super::store::mailbox_key(mailbox);
-        self.subscriptions
-            .values()
-            .filter(|s| s.mailbox == key && s.is_alive())
-            .count()
+        self.subscriptions_by_mailbox.get(&key).map_or(0, |ids| {
+            ids.iter()
+                .filter(|id| {
+                    self.subscriptions
+                        .get(*id)
+                        .is_some_and(Subscription::is_alive)
+                })
+                .count()
+        })
     }
 }
