@@ -466,7 +466,19 @@ fn get_item(state: &State, mailbox: &str, request: &GetItemRequest) -> Execution
     let wanted = Wanted::of(&request.shape);
     let bad_uri = wanted.extended.iter().any(|u| !u.is_valid_combination());
     let Some(owner) = state.store.mailbox(mailbox) else {
-        return Execution::answer(vec![]);
+        return Execution::answer(
+            request
+                .ids
+                .iter()
+                .map(|_| {
+                    Message::error(
+                        "GetItem",
+                        "ErrorNonExistentMailbox",
+                        "The SMTP address has no mailbox associated with it.",
+                    )
+                })
+                .collect(),
+        );
     };
     let messages = request
         .ids

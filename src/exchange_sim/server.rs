@@ -21,9 +21,10 @@ use tokio_rustls::TlsAcceptor;
 
 use super::answer::{self, Class, Fault, Message};
 use super::auth::{self, Authentication, TokenGrant};
-use super::ews::{self, Execution, Refusal};
+use super::ews::{self, Execution, Identity, Refusal};
 use super::handle::Shared;
 use super::request::{self, Operation};
+use super::state::State;
 use super::xml;
 
 pub type Answer = Response<Full<Bytes>>;
@@ -197,7 +198,28 @@ async fn ews_call(
         Err(answer) => return Ok(answer),
     };
     let options = &shared.options;
-    // Read once, outside the lock; looked at only once authentication passed.
+
+    // Authentication first: nothing of the body is looked at for an unknown caller.
+    let identity = {
+        let mut state = shared.lock();
+        match auth::authenticate(
+            authorization.as_deref(),
+            options,
+            &state.tokens,
+            Instant::now(),
+        ) {
+            Authentication::Accepted(identity) => identity,
+            Authentication::Refused(_) => {
+                state.counts.unauthorized += 1;
+                return Ok(unauthorized(false));
+            }
+            Authentication::Expired => {
+                state.counts.unauthorized += 1;
+                return Ok(unauthorized(true));
+            }
+        }
+    };
+    // Read once, outside the lock.
     let document = xml::parse(&body);
     let operation_name = document
         .as_ref()
@@ -205,23 +227,9 @@ async fn ews_call(
         .and_then(|root| request::operation_name(root))
         .unwrap_or("unknown")
         .to_string();
-
-    // Authentication, the EWS switch, stalls: before the body is looked at.
-    let (identity, stalled_until) = {
+    // The tenant's EWS switch, stalls.
+    let stalled_until = {
         let mut state = shared.lock();
-        let now = Instant::now();
-        let identity =
-            match auth::authenticate(authorization.as_deref(), options, &state.tokens, now) {
-                Authentication::Accepted(identity) => identity,
-                Authentication::Refused(_) => {
-                    state.counts.unauthorized += 1;
-                    return Ok(unauthorized(false));
-                }
-                Authentication::Expired => {
-                    state.counts.unauthorized += 1;
-                    return Ok(unauthorized(true));
-                }
-            };
         if state.faults.ews_disabled {
             state.record_call(&operation_name, None, "http_403");
             return Ok(plain(
@@ -229,11 +237,11 @@ async fn ews_call(
                 "403 Forbidden: EWS is disabled for this tenant, or this application is not on its EWS allow-list (Exchange Online EWSEnabled / EwsAllowedAppIDs).",
             ));
         }
-        let stalled = state.faults.stalled_until(now);
+        let stalled = state.faults.stalled_until(Instant::now());
         if stalled.is_some() {
             state.record_call(&operation_name, None, "stalled");
         }
-        (identity, stalled)
+        stalled
     };
     if let Some(until) = stalled_until {
         tokio::time::sleep_until(until.into()).await;
@@ -291,91 +299,129 @@ async fn ews_call(
 
     // Throttling, then the mailbox acted for, then the operation: one critical section, so the
     // answer and the state agree.
-    let latency;
-    let mut delay_answer = None;
-    let response_xml = {
+    let (outcome, latency) = {
         let mut state = shared.lock();
-        latency = state.faults.latency;
-        if let Some(back_off) = state.faults.busy(Instant::now()) {
-            let back_off_ms = u64::try_from(back_off.as_millis()).unwrap_or(u64::MAX);
-            if options.busy_fault_operations.contains(&operation) {
-                state.record_call(&operation, named, "fault:ErrorServerBusy");
-                drop(state);
-                return Ok(fault_answer(&Fault::server_busy(back_off_ms)));
+        let latency = state.faults.latency;
+        let call = Call {
+            identity: &identity,
+            request: &parsed,
+            operation: &operation,
+            anchor: anchor.as_deref(),
+            named,
+        };
+        (answer_call(&shared, &mut state, &call), latency)
+    };
+    match outcome {
+        Outcome::Fault(fault) => Ok(fault_answer(&fault)),
+        Outcome::Answer { xml, delay } => {
+            let wait = latency + delay.unwrap_or_default();
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
-            let messages: Vec<Message> = (0..ews::message_count(&parsed.operation))
-                .map(|_| Message::server_busy(&operation, back_off_ms))
-                .collect();
-            state.record_call(&operation, named, "ErrorServerBusy");
-            answer::envelope(&answer::response_element(
-                &operation,
-                &messages,
-                options.property_set_form,
-            ))
-        } else {
-            match ews::acting_mailbox(&state, options, &identity, &parsed, anchor.as_deref()) {
-                Err(Refusal::Fault(fault)) => {
-                    state.record_call(&operation, named, &format!("fault:{}", fault.code));
-                    drop(state);
-                    return Ok(fault_answer(&fault));
+            Ok(xml_answer(StatusCode::OK, xml))
+        }
+    }
+}
+
+/// A checked request and what came with it.
+struct Call<'a> {
+    identity: &'a Identity,
+    request: &'a request::Request,
+    operation: &'a str,
+    anchor: Option<&'a str>,
+    /// The impersonated address as written, for observation.
+    named: Option<&'a str>,
+}
+
+enum Outcome {
+    Answer {
+        xml: String,
+        /// Answer this much later (the armed late CreateItem).
+        delay: Option<Duration>,
+    },
+    Fault(Box<Fault>),
+}
+
+/// Throttling, the mailbox acted for, the operation, its bookkeeping; with the state locked.
+fn answer_call(shared: &Arc<Shared>, state: &mut State, call: &Call<'_>) -> Outcome {
+    let options = &shared.options;
+    let operation = call.operation;
+    let envelope = |messages: &[Message]| {
+        answer::envelope(&answer::response_element(
+            operation,
+            messages,
+            options.property_set_form,
+        ))
+    };
+    if let Some(back_off) = state.faults.busy(Instant::now()) {
+        let back_off_ms = u64::try_from(back_off.as_millis()).unwrap_or(u64::MAX);
+        if options.busy_fault_operations.iter().any(|o| o == operation) {
+            state.record_call(operation, call.named, "fault:ErrorServerBusy");
+            return Outcome::Fault(Box::new(Fault::server_busy(back_off_ms)));
+        }
+        let messages: Vec<Message> = (0..ews::message_count(&call.request.operation))
+            .map(|_| Message::server_busy(operation, back_off_ms))
+            .collect();
+        state.record_call(operation, call.named, "ErrorServerBusy");
+        return Outcome::Answer {
+            xml: envelope(&messages),
+            delay: None,
+        };
+    }
+    let mailbox =
+        match ews::acting_mailbox(state, options, call.identity, call.request, call.anchor) {
+            Ok(mailbox) => mailbox,
+            Err(Refusal::Fault(fault)) => {
+                state.record_call(operation, call.named, &format!("fault:{}", fault.code));
+                return Outcome::Fault(fault);
+            }
+            Err(Refusal::Messages { code, text }) => {
+                state.record_call(operation, call.named, code);
+                if options.impersonation_errors_as_faults {
+                    return Outcome::Fault(Box::new(Fault::other(code, &text)));
                 }
-                Err(Refusal::Messages { code, text }) => {
-                    state.record_call(&operation, named, code);
-                    if options.impersonation_errors_as_faults {
-                        drop(state);
-                        return Ok(fault_answer(&Fault::other(code, &text)));
-                    }
-                    let messages = ews::error_messages(&parsed.operation, code, &text);
-                    answer::envelope(&answer::response_element(
-                        &operation,
-                        &messages,
-                        options.property_set_form,
-                    ))
-                }
-                Ok(mailbox) => {
-                    let now = OffsetDateTime::now_utc();
-                    match ews::execute(&mut state, options, &mailbox, &parsed, now) {
-                        Execution::Fault(fault) => {
-                            state.record_call(
-                                &operation,
-                                Some(&mailbox),
-                                &format!("fault:{}", fault.code),
-                            );
-                            drop(state);
-                            return Ok(fault_answer(&fault));
-                        }
-                        Execution::Answer {
-                            messages,
-                            new_subscription,
-                            changed_mailbox,
-                        } => {
-                            let outcome = outcome_of(&messages);
-                            state.record_call(&operation, Some(&mailbox), &outcome);
-                            if let Some(changed) = changed_mailbox {
-                                state.publish(&changed);
-                            }
-                            if let Some(id) = new_subscription {
-                                super::delivery::spawn(&shared, &mut state, &id);
-                            }
-                            if operation == "CreateItem" && outcome == "NoError" {
-                                delay_answer = state.faults.answer_next_create_after.take();
-                            }
-                            answer::envelope(&answer::response_element(
-                                &operation,
-                                &messages,
-                                options.property_set_form,
-                            ))
-                        }
-                    }
-                }
+                return Outcome::Answer {
+                    xml: envelope(&ews::error_messages(&call.request.operation, code, &text)),
+                    delay: None,
+                };
+            }
+        };
+    match ews::execute(
+        state,
+        options,
+        &mailbox,
+        call.request,
+        OffsetDateTime::now_utc(),
+    ) {
+        Execution::Fault(fault) => {
+            state.record_call(operation, Some(&mailbox), &format!("fault:{}", fault.code));
+            Outcome::Fault(Box::new(fault))
+        }
+        Execution::Answer {
+            messages,
+            new_subscription,
+            changed_mailbox,
+        } => {
+            let outcome = outcome_of(&messages);
+            state.record_call(operation, Some(&mailbox), &outcome);
+            if let Some(changed) = changed_mailbox {
+                state.publish(&changed);
+            }
+            if let Some(id) = new_subscription {
+                // Before the answer is written: the first notification may overtake it.
+                super::delivery::spawn(shared, state, &id);
+            }
+            let delay = if operation == "CreateItem" && outcome == "NoError" {
+                state.faults.answer_next_create_after.take()
+            } else {
+                None
+            };
+            Outcome::Answer {
+                xml: envelope(&messages),
+                delay,
             }
         }
-    };
-    let wait = latency + delay_answer.unwrap_or_default();
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
     }
-    Ok(xml_answer(StatusCode::OK, response_xml))
 }
 
 async fn token(shared: Arc<Shared>, request: Request<Incoming>) -> Answer {
