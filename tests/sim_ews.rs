@@ -2046,3 +2046,29 @@ fn pushgate_simulate_serves_until_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_serves_the_same_and_only_loopback_is_allowed() {
+    let sim = start(SimOptions {
+        tls: false,
+        ..options()
+    })
+    .await;
+    assert!(sim.ews_url().starts_with("http://127.0.0.1:"));
+    assert!(sim.ca_pem().is_none());
+    let answer = ews(&sim).call(ROOM1, GET_FOLDER).await;
+    assert_eq!(code(messages(&answer)[0]), "NoError");
+    sim.shutdown().await;
+    let refused = Simulator::start(SimOptions {
+        listen: "0.0.0.0:0".parse().unwrap(),
+        ..options()
+    })
+    .await;
+    assert!(refused.is_err());
+    let refused = Simulator::start(SimOptions {
+        push_source: Some("10.0.0.1".parse().unwrap()),
+        ..options()
+    })
+    .await;
+    assert!(refused.is_err());
+}
