@@ -101,9 +101,15 @@ pub enum RangesCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum MailboxesCommand {
-    /// Switch sync on for a mailbox (created when new); the worker subscribes it within seconds.
+    /// Switch sync on for mailboxes (created when new), all in one transaction; the worker
+    /// subscribes them within seconds, within its Subscribe rate.
     Add {
-        address: String,
+        /// Mailbox addresses.
+        #[arg(required_unless_present = "file")]
+        addresses: Vec<String>,
+        /// Also every address in this file, one per line (`#` starts a comment).
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Tenant name (the legacy callback URL carries it); kept when not given.
         #[arg(long)]
         tenant: Option<String>,
@@ -251,10 +257,18 @@ pub fn main() -> ExitCode {
             use crate::worker::admin::MailboxCommand;
             let (config, command) = match command {
                 MailboxesCommand::Add {
-                    address,
+                    addresses,
+                    file,
                     tenant,
                     config,
-                } => (config, MailboxCommand::Add { address, tenant }),
+                } => (
+                    config,
+                    MailboxCommand::Add {
+                        addresses,
+                        file,
+                        tenant,
+                    },
+                ),
                 MailboxesCommand::Remove { address, config } => {
                     (config, MailboxCommand::Remove { address })
                 }

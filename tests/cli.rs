@@ -171,3 +171,125 @@ async fn gateway_process_serves_and_stops_on_sigterm() {
     assert!(output.1.contains("gateway started"), "{}", output.1);
     assert!(output.1.contains("shutting down"), "{}", output.1);
 }
+
+#[test]
+fn config_check_names_the_callback_url_and_its_rule_from_the_products_environment() {
+    let output = pushgate()
+        .args(["config", "check"])
+        .env("IdpRootUrl", "https://push.contoso.com/")
+        .env("ExchangePushNotificationUseLegacyEndpoint", "true")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap();
+    assert!(
+        line.contains("https://push.contoso.com/Webservices/SyncNotification.svc?default")
+            && line.contains("rule 2"),
+        "{line}"
+    );
+    let output = pushgate()
+        .args(["config", "check"])
+        .env(
+            "PUSHGATE__SUBSCRIPTIONS__IDP_ROOT_URL",
+            "https://file.contoso.com",
+        )
+        .env(
+            "ExchangePushNotificationEndpointUrl",
+            "https://push.contoso.com/hook",
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap();
+    assert!(
+        line.contains("https://push.contoso.com/hook") && line.contains("rule 1"),
+        "{line}"
+    );
+    // With [ews] on, a combination that yields no URL stops with one line naming the key.
+    let output = pushgate()
+        .args(["config", "check"])
+        .env(
+            "PUSHGATE__EWS__URL",
+            "https://outlook.office365.com/EWS/Exchange.asmx",
+        )
+        .env("PUSHGATE__EWS__AUTH", "bearer")
+        .env("PUSHGATE__EWS__TOKEN_FILE", "/run/secrets/ews")
+        .env_remove("IdpRootUrl")
+        .env_remove("ExchangePushNotificationEndpointUrl")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("subscriptions.idp_root_url"), "{stderr}");
+}
+
+#[test]
+fn mailboxes_are_added_listed_and_removed_by_operators() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("p.db").display());
+    let list = dir.path().join("rooms.txt");
+    std::fs::write(
+        &list,
+        "# the rooms\nroom2@contoso.com\n\nRoom3@Contoso.com  # big one\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        pushgate()
+            .args(args)
+            .env("PUSHGATE__WORKER__DATABASE_URL", &database)
+            .output()
+            .unwrap()
+    };
+    let added = run(&[
+        "mailboxes",
+        "add",
+        "Room1@Contoso.com",
+        "--tenant",
+        "Fabrikam",
+    ]);
+    assert!(added.status.success(), "{added:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&added.stdout).trim(),
+        "room1@contoso.com: added (subscribing)"
+    );
+    let many = run(&[
+        "mailboxes",
+        "add",
+        "room1@contoso.com",
+        "--file",
+        list.to_str().unwrap(),
+    ]);
+    assert!(many.status.success(), "{many:?}");
+    assert!(String::from_utf8_lossy(&many.stdout).contains("3 mailboxes: 2 added, 1 already known"));
+    // A bad address changes nothing.
+    let bad = run(&["mailboxes", "add", "room4@contoso.com", "not an address"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&bad.stderr).lines().count(), 1);
+    let listed = run(&["mailboxes", "list", "--json"]);
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let addresses: Vec<&str> = rows
+        .iter()
+        .map(|r| r["address"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "room1@contoso.com",
+            "room2@contoso.com",
+            "room3@contoso.com"
+        ]
+    );
+    assert_eq!(rows[0]["tenant"], "Fabrikam", "kept when not given again");
+    let removed = run(&["mailboxes", "remove", "ROOM2@contoso.com"]);
+    assert!(removed.status.success());
+    let again = run(&["mailboxes", "remove", "room2@contoso.com"]);
+    assert_eq!(again.status.code(), Some(1));
+    let table = run(&["mailboxes", "list"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert_eq!(text.lines().count(), 3, "header and two mailboxes: {text}");
+}

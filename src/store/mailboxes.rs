@@ -184,13 +184,26 @@ pub struct MailboxSummary {
 /// The mailbox half of the worker's storage.
 #[async_trait]
 pub trait MailboxStore: Send + Sync {
-    /// Switches sync on or off (idempotent), creating the mailbox when new. Switching off marks
-    /// the current subscription unwanted in the same transaction.
+    /// Switches sync on or off (idempotent) for every request, creating mailboxes that are new,
+    /// in one transaction (an operator's list of 10,000 rooms is one commit). Switching off marks
+    /// the current subscription unwanted in the same transaction. One outcome per request.
+    async fn put_mailboxes(
+        &self,
+        requests: &[PutMailbox],
+        now: OffsetDateTime,
+    ) -> Result<Vec<PutOutcome>, StoreError>;
+
+    /// [`MailboxStore::put_mailboxes`] for one mailbox.
     async fn put_mailbox(
         &self,
         request: &PutMailbox,
         now: OffsetDateTime,
-    ) -> Result<PutOutcome, StoreError>;
+    ) -> Result<PutOutcome, StoreError> {
+        self.put_mailboxes(std::slice::from_ref(request), now)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("no outcome for a put".into()))
+    }
 
     async fn mailbox(&self, address: &str) -> Result<Option<MailboxView>, StoreError>;
 
@@ -214,9 +227,17 @@ pub trait MailboxStore: Send + Sync {
         limit: usize,
     ) -> Result<Vec<MailboxView>, StoreError>;
 
-    /// Takes the mailbox's lease for `owner` until `lease_until` and moves it to `state` with
-    /// `cause`, unless sync is off or a lease is live. Returns the mailbox as it
-    /// now stands, or `None` when it was not taken.
+    /// Takes the lease on each mailbox of `begins` and moves it to its state and cause, in one
+    /// transaction, skipping mailboxes with sync off or a live lease. Returns the mailboxes taken,
+    /// as they now stand.
+    async fn begin_subscribes(
+        &self,
+        begins: &[BeginSubscribe],
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<Vec<MailboxView>, StoreError>;
+
+    /// [`MailboxStore::begin_subscribes`] for one mailbox; `None` when it was not taken.
     async fn begin_subscribe(
         &self,
         address: &str,
@@ -224,22 +245,58 @@ pub trait MailboxStore: Send + Sync {
         state: MailboxState,
         cause: Option<RenewCause>,
         now: OffsetDateTime,
-    ) -> Result<Option<MailboxView>, StoreError>;
+    ) -> Result<Option<MailboxView>, StoreError> {
+        let begin = BeginSubscribe {
+            address: address.to_string(),
+            state,
+            cause,
+        };
+        Ok(self
+            .begin_subscribes(std::slice::from_ref(&begin), lease, now)
+            .await?
+            .pop())
+    }
 
-    /// Records a Subscribe call's result and releases the lease. A new subscription replaces the
-    /// old one (which becomes unwanted) in the same transaction.
+    /// Records the results of Subscribe calls made under `lease` and releases their leases, in
+    /// one transaction. A new subscription replaces the old one (which becomes unwanted). One
+    /// outcome per result.
+    async fn finish_subscribes(
+        &self,
+        results: &[(String, SubscribeOutcome)],
+        lease: &Lease,
+        now: OffsetDateTime,
+    ) -> Result<Vec<FinishOutcome>, StoreError>;
+
+    /// [`MailboxStore::finish_subscribes`] for one mailbox.
     async fn finish_subscribe(
         &self,
         address: &str,
         lease: &Lease,
         outcome: &SubscribeOutcome,
         now: OffsetDateTime,
-    ) -> Result<FinishOutcome, StoreError>;
+    ) -> Result<FinishOutcome, StoreError> {
+        self.finish_subscribes(&[(address.to_string(), outcome.clone())], lease, now)
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Unavailable("no outcome for a Subscribe".into()))
+    }
+
+    /// Gives back the leases `lease.owner` holds on `addresses` without a result (calls that
+    /// never started, at shutdown), so another worker need not wait for them to expire.
+    async fn release_leases(&self, addresses: &[String], lease: &Lease) -> Result<(), StoreError>;
 
     /// Is any Subscribe call running (a live lease on a subscribing or renewing mailbox)?
     async fn subscribe_in_flight(&self, now: OffsetDateTime) -> Result<bool, StoreError>;
 
     async fn mailbox_summary(&self) -> Result<MailboxSummary, StoreError>;
+}
+
+/// One mailbox to lease for a Subscribe, with the state and cause it moves to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeginSubscribe {
+    pub address: String,
+    pub state: MailboxState,
+    pub cause: Option<RenewCause>,
 }
 
 /// A worker's claim on a mailbox while its Subscribe call runs.

@@ -21,8 +21,8 @@ use crate::notification::{
 
 pub use group_commit::{BatchObserver, GroupCommitOptions, GroupCommitter};
 pub use mailboxes::{
-    FinishOutcome, Lease, MailboxRecord, MailboxState, MailboxStore, MailboxSummary, MailboxView,
-    PutMailbox, PutOutcome, RenewCause, SubscribeOutcome,
+    BeginSubscribe, FinishOutcome, Lease, MailboxRecord, MailboxState, MailboxStore,
+    MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause, SubscribeOutcome,
 };
 pub use plan::{dedupe_key, MAX_KEY_BYTES};
 pub use postgres::PostgresStore;

@@ -3,7 +3,7 @@
 //! within the rate (`subscribe_rate`), the bound on calls in flight, and any ErrorServerBusy pause.
 //! A lease in the store keeps one call per mailbox across worker replicas.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,14 +11,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use time::OffsetDateTime;
-use tokio::sync::{watch, Notify, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot, watch, Notify, Semaphore};
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::callback::CallbackUrl;
 use super::metrics::SubscriptionMetrics;
 use super::plan::{self, SubscribeFailure, SubscribePlan, Timing};
 use crate::store::{
-    FinishOutcome, Lease, MailboxView, RenewCause, Store, StoreError, SubscribeOutcome,
+    BeginSubscribe, FinishOutcome, Lease, MailboxView, RenewCause, Store, StoreError,
+    SubscribeOutcome,
 };
 
 /// One push Subscribe on a mailbox's calendar.
@@ -80,6 +81,7 @@ struct Shared {
     /// Mailboxes whose call this worker has started and not finished: a scan while a call runs
     /// must not start a second one (the store's lease says the same, a moment later).
     running: Mutex<HashSet<String>>,
+    finisher: Finisher,
     wake: Notify,
     metrics: Option<Arc<SubscriptionMetrics>>,
 }
@@ -88,6 +90,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct SubscriptionManager {
     shared: Arc<Shared>,
+    /// Records results; ended by `run` once every call has finished.
+    finisher_task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl SubscriptionManager {
@@ -101,8 +105,11 @@ impl SubscriptionManager {
         // A burst of one: calls are spaced evenly, so no second ever sees more than the rate.
         let quota = Quota::per_second(rate).allow_burst(NonZeroU32::MIN);
         let in_flight = Arc::new(Semaphore::new(options.max_in_flight.max(1)));
+        let (finisher, finisher_task) = Finisher::spawn(store.clone());
         Self {
+            finisher_task: Arc::new(Mutex::new(Some(finisher_task))),
             shared: Arc::new(Shared {
+                finisher,
                 store,
                 subscriber,
                 limiter: RateLimiter::direct(quota),
@@ -136,7 +143,9 @@ impl SubscriptionManager {
         while !*shutdown.borrow() {
             while calls.try_join_next().is_some() {}
             let pause = match scan(&shared, &mut calls, &mut shutdown).await {
-                Ok(()) => interval,
+                // A full batch: more may be due at once.
+                Ok(Scanned::Full) => Duration::ZERO,
+                Ok(Scanned::Partial) => interval,
                 Err(error) => {
                     tracing::warn!(%error, "subscription manager cannot read the mailboxes; retrying");
                     STORE_RETRY
@@ -150,6 +159,10 @@ impl SubscriptionManager {
             }
         }
         while calls.join_next().await.is_some() {}
+        // Every call has waited for its result to be recorded: nothing is left to record.
+        if let Some(task) = self.finisher_task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
+        }
         tracing::info!("subscription manager stopped");
     }
 }
@@ -163,51 +176,111 @@ fn scan_interval(timing: &Timing) -> Duration {
         .clamp(MIN_SCAN_INTERVAL, MAX_SCAN_INTERVAL)
 }
 
-/// One pass over the mailboxes that need work; starts their calls within the bounds.
+/// One pass over the mailboxes that need work: leases those that need a Subscribe (one
+/// transaction), then starts their calls within the bounds. Leases of calls that could not start
+/// before shutdown are given back.
 async fn scan(
     shared: &Arc<Shared>,
     calls: &mut JoinSet<()>,
     shutdown: &mut watch::Receiver<bool>,
-) -> Result<(), StoreError> {
+) -> Result<Scanned, StoreError> {
     let now = OffsetDateTime::now_utc();
     let timing = &shared.options.timing;
+    // No more than can start well within the lease at the rate.
+    let batch = SCAN_BATCH
+        .min(shared.options.subscribe_rate as usize * 30)
+        .max(1);
     let due = shared
         .store
-        .due_mailboxes(now, now - timing.silence_limit(), SCAN_BATCH)
+        .due_mailboxes(now, now - timing.silence_limit(), batch)
         .await?;
-    for view in due {
-        if is_running(shared, &view.mailbox.address) {
+    let scanned = if due.len() == batch {
+        Scanned::Full
+    } else {
+        Scanned::Partial
+    };
+    let mut plans: HashMap<String, SubscribePlan> = HashMap::new();
+    let mut begins = Vec::new();
+    for view in &due {
+        let address = &view.mailbox.address;
+        if is_running(shared, address) {
             continue;
         }
-        let Some(plan) = plan::plan(&view, OffsetDateTime::now_utc(), timing) else {
-            continue;
-        };
-        // Bounds first, so a mailbox is leased only when its call can start at once.
-        let permit = tokio::select! {
-            permit = shared.in_flight.clone().acquire_owned() => permit,
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
-        };
-        let Ok(permit) = permit else {
-            return Ok(());
-        };
-        tokio::select! {
-            _ = wait_for_turn(shared) => {}
-            _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
+        if let Some(plan) = plan::plan(view, now, timing) {
+            begins.push(BeginSubscribe {
+                address: address.clone(),
+                state: plan.state,
+                cause: plan.cause,
+            });
+            plans.insert(address.clone(), plan);
         }
+    }
+    if begins.is_empty() {
+        return Ok(scanned);
+    }
+    let lease = Lease {
+        owner: shared.options.owner.clone(),
+        until: now
+            + time::Duration::try_from(shared.options.lease).unwrap_or(time::Duration::MINUTE),
+    };
+    let taken = shared.store.begin_subscribes(&begins, &lease, now).await?;
+    if let Ok(mut running) = shared.running.lock() {
+        running.extend(taken.iter().map(|v| v.mailbox.address.clone()));
+    }
+    let mut taken = taken.into_iter();
+    while let Some(view) = taken.next() {
         let address = view.mailbox.address.clone();
-        if let Ok(mut running) = shared.running.lock() {
-            running.insert(address.clone());
-        }
+        let Some(plan) = plans.remove(&address) else {
+            continue;
+        };
+        let permit = tokio::select! {
+            permit = shared.in_flight.clone().acquire_owned() => permit.ok(),
+            _ = shutdown.wait_for(|stop| *stop) => None,
+        };
+        let started = match permit {
+            Some(permit) => tokio::select! {
+                _ = wait_for_turn(shared) => Some(permit),
+                _ = shutdown.wait_for(|stop| *stop) => None,
+            },
+            None => None,
+        };
+        let Some(permit) = started else {
+            let unstarted: Vec<String> = std::iter::once(address)
+                .chain(taken.map(|v| v.mailbox.address))
+                .collect();
+            give_back(shared, &unstarted, &lease).await;
+            return Ok(Scanned::Partial);
+        };
         let shared = shared.clone();
+        let lease = lease.clone();
         calls.spawn(async move {
-            subscribe_one(&shared, view, plan).await;
+            let outcome = subscribe_one(&shared, &view, &plan).await;
+            shared.finisher.record(&address, &lease, outcome).await;
             if let Ok(mut running) = shared.running.lock() {
                 running.remove(&address);
             }
             drop(permit);
         });
     }
-    Ok(())
+    Ok(scanned)
+}
+
+/// Whether a scan saw as many mailboxes as it may take (more may be waiting).
+enum Scanned {
+    Full,
+    Partial,
+}
+
+/// Releases leases of calls that never started.
+async fn give_back(shared: &Shared, addresses: &[String], lease: &Lease) {
+    if let Err(error) = shared.store.release_leases(addresses, lease).await {
+        tracing::warn!(%error, mailboxes = addresses.len(), "leases not given back; they expire");
+    }
+    if let Ok(mut running) = shared.running.lock() {
+        for address in addresses {
+            running.remove(address);
+        }
+    }
 }
 
 fn is_running(shared: &Shared, address: &str) -> bool {
@@ -241,30 +314,18 @@ fn pause_everyone(shared: &Shared, back_off: Duration) {
     }
 }
 
-async fn subscribe_one(shared: &Shared, view: MailboxView, plan: SubscribePlan) {
-    let address = view.mailbox.address.clone();
-    let now = OffsetDateTime::now_utc();
-    let lease = Lease {
-        owner: shared.options.owner.clone(),
-        until: now
-            + time::Duration::try_from(shared.options.lease).unwrap_or(time::Duration::MINUTE),
-    };
-    let leased = match shared
-        .store
-        .begin_subscribe(&address, &lease, plan.state, plan.cause, now)
-        .await
-    {
-        Ok(Some(view)) => view,
-        Ok(None) => return, // switched off, or another worker has it
-        Err(error) => {
-            tracing::warn!(%error, mailbox = %address, "cannot lease mailbox for Subscribe");
-            return;
-        }
-    };
+/// Makes the Subscribe call for a leased mailbox (and, when Exchange refuses the watermark, the
+/// fresh one right after), and says what to record.
+async fn subscribe_one(
+    shared: &Shared,
+    view: &MailboxView,
+    plan: &SubscribePlan,
+) -> SubscribeOutcome {
+    let address = &view.mailbox.address;
     if let (Some(cause), true, Some(metrics)) = (plan.cause, plan.newly_started, &shared.metrics) {
         metrics.renewal(cause);
     }
-    let url = shared.options.callback.for_tenant(&leased.mailbox.tenant);
+    let url = shared.options.callback.for_tenant(&view.mailbox.tenant);
     let frequency = u16::try_from(shared.options.timing.status_frequency.as_secs() / 60)
         .unwrap_or(1440)
         .clamp(1, 1440);
@@ -273,7 +334,7 @@ async fn subscribe_one(shared: &Shared, view: MailboxView, plan: SubscribePlan) 
         status_frequency_minutes: frequency,
         url,
     };
-    let mut result = call(shared, &address, &request).await;
+    let mut result = call(shared, address, &request).await;
     let mut watermark_refused = false;
     if let (Err(SubscribeFailure::InvalidWatermark(message)), Some(_)) =
         (&result, &request.watermark)
@@ -290,10 +351,10 @@ async fn subscribe_one(shared: &Shared, view: MailboxView, plan: SubscribePlan) 
             ..request.clone()
         };
         wait_for_turn(shared).await;
-        result = call(shared, &address, &fresh).await;
+        result = call(shared, address, &fresh).await;
     }
     let now = OffsetDateTime::now_utc();
-    let outcome = match &result {
+    match &result {
         Ok(subscribed) => {
             tracing::info!(
                 mailbox = %address,
@@ -310,7 +371,7 @@ async fn subscribe_one(shared: &Shared, view: MailboxView, plan: SubscribePlan) 
             }
         }
         Err(failure) => {
-            let attempts = leased.mailbox.attempts.saturating_add(1);
+            let attempts = view.mailbox.attempts.saturating_add(1);
             let (wait, failed) = plan::retry_after(
                 failure,
                 attempts,
@@ -334,20 +395,93 @@ async fn subscribe_one(shared: &Shared, view: MailboxView, plan: SubscribePlan) 
                 cause: watermark_refused.then_some(RenewCause::RefusedWatermark),
             }
         }
-    };
-    match shared
-        .store
-        .finish_subscribe(&address, &lease, &outcome, now)
-        .await
-    {
-        Ok(FinishOutcome::Recorded) => {}
-        Ok(FinishOutcome::Abandoned) => {
-            tracing::info!(mailbox = %address, "mailbox changed during Subscribe; its new subscription is unwanted");
+    }
+}
+
+/// Records Subscribe results: what calls finish at about the same time shares one transaction,
+/// so subscribing 10,000 mailboxes is not 10,000 commits.
+struct Finisher {
+    sender: mpsc::Sender<Finished>,
+}
+
+struct Finished {
+    address: String,
+    lease: Lease,
+    outcome: SubscribeOutcome,
+    done: oneshot::Sender<()>,
+}
+
+/// Results recorded per transaction at most.
+const FINISH_BATCH: usize = 256;
+
+impl Finisher {
+    fn spawn(store: Arc<dyn Store>) -> (Finisher, JoinHandle<()>) {
+        let (sender, receiver) = mpsc::channel(FINISH_BATCH * 4);
+        let task = tokio::spawn(record_results(store, receiver));
+        (Finisher { sender }, task)
+    }
+
+    /// Queues a result and waits until it is recorded (or could not be: the lease then expires
+    /// and the mailbox is tried again).
+    async fn record(&self, address: &str, lease: &Lease, outcome: SubscribeOutcome) {
+        let (done, recorded) = oneshot::channel();
+        let finished = Finished {
+            address: address.to_string(),
+            lease: lease.clone(),
+            outcome,
+            done,
+        };
+        if self.sender.send(finished).await.is_ok() {
+            let _ = recorded.await;
         }
-        Err(error) => {
-            // The lease expires and the mailbox is tried again; a subscription made now is
-            // unknown to the store and its notifications get Unsubscribe.
-            tracing::warn!(%error, mailbox = %address, "cannot record the Subscribe result");
+    }
+}
+
+async fn record_results(store: Arc<dyn Store>, mut receiver: mpsc::Receiver<Finished>) {
+    while let Some(first) = receiver.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < FINISH_BATCH {
+            match receiver.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        // One transaction per lease (calls of one scan share it).
+        let mut groups: Vec<(Lease, Vec<Finished>)> = Vec::new();
+        for finished in batch {
+            match groups
+                .iter_mut()
+                .find(|(lease, _)| *lease == finished.lease)
+            {
+                Some((_, group)) => group.push(finished),
+                None => groups.push((finished.lease.clone(), vec![finished])),
+            }
+        }
+        for (lease, group) in groups {
+            let results: Vec<(String, SubscribeOutcome)> = group
+                .iter()
+                .map(|f| (f.address.clone(), f.outcome.clone()))
+                .collect();
+            match store
+                .finish_subscribes(&results, &lease, OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(outcomes) => {
+                    for ((address, _), outcome) in results.iter().zip(outcomes) {
+                        if outcome == FinishOutcome::Abandoned {
+                            tracing::info!(mailbox = %address, "mailbox changed during Subscribe; its new subscription is unwanted");
+                        }
+                    }
+                }
+                Err(error) => {
+                    // The leases expire and the mailboxes are tried again; subscriptions made
+                    // now are unknown to the store, and their notifications get Unsubscribe.
+                    tracing::warn!(%error, results = results.len(), "cannot record Subscribe results");
+                }
+            }
+            for finished in group {
+                let _ = finished.done.send(());
+            }
         }
     }
 }

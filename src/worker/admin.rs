@@ -12,7 +12,9 @@ use crate::store::{self, MailboxView, PutMailbox};
 #[derive(Debug, Clone)]
 pub enum MailboxCommand {
     Add {
-        address: String,
+        addresses: Vec<String>,
+        /// More addresses, one per line.
+        file: Option<std::path::PathBuf>,
         tenant: Option<String>,
     },
     Remove {
@@ -35,29 +37,50 @@ pub fn run(config: &Config, command: MailboxCommand) -> anyhow::Result<()> {
             .context("opening the worker's database")?;
         let now = OffsetDateTime::now_utc();
         match command {
-            MailboxCommand::Add { address, tenant } => {
-                let address = mailbox_address(&address).map_err(|e| anyhow::anyhow!(e.message))?;
+            MailboxCommand::Add {
+                addresses,
+                file,
+                tenant,
+            } => {
                 if let Some(tenant) = &tenant {
                     if !crate::gateway::rules::is_tenant_name(tenant.as_bytes()) {
                         anyhow::bail!("--tenant must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
                     }
                 }
-                let outcome = store
-                    .put_mailbox(
-                        &PutMailbox {
-                            address,
-                            tenant,
-                            sync: true,
-                        },
-                        now,
-                    )
-                    .await?;
-                let verb = if outcome.created { "added" } else { "sync on" };
-                println!(
-                    "{}: {verb} ({})",
-                    outcome.view.mailbox.address,
-                    outcome.view.mailbox.state.as_str()
-                );
+                let mut all = addresses;
+                if let Some(file) = &file {
+                    let text = std::fs::read_to_string(file)
+                        .with_context(|| format!("reading {}", file.display()))?;
+                    all.extend(address_lines(&text));
+                }
+                let mut requests = Vec::with_capacity(all.len());
+                for raw in &all {
+                    let address = mailbox_address(raw)
+                        .map_err(|e| anyhow::anyhow!("{raw:?}: {}", e.message))?;
+                    requests.push(PutMailbox {
+                        address,
+                        tenant: tenant.clone(),
+                        sync: true,
+                    });
+                }
+                // Nothing is changed unless every address is fit: one transaction.
+                let outcomes = store.put_mailboxes(&requests, now).await?;
+                let created = outcomes.iter().filter(|o| o.created).count();
+                if outcomes.len() == 1 {
+                    let view = &outcomes[0].view;
+                    let verb = if created == 1 { "added" } else { "sync on" };
+                    println!(
+                        "{}: {verb} ({})",
+                        view.mailbox.address,
+                        view.mailbox.state.as_str()
+                    );
+                } else {
+                    println!(
+                        "{} mailboxes: {created} added, {} already known, sync on for all",
+                        outcomes.len(),
+                        outcomes.len() - created
+                    );
+                }
             }
             MailboxCommand::Remove { address } => {
                 let address = mailbox_address(&address).map_err(|e| anyhow::anyhow!(e.message))?;
@@ -90,6 +113,14 @@ pub fn run(config: &Config, command: MailboxCommand) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+/// The addresses of a list file: one per line, blank lines and `#` comments ignored.
+fn address_lines(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|line| !line.is_empty())
+        .map(str::to_string)
 }
 
 fn table_row(view: &MailboxView) -> String {

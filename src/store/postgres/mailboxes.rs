@@ -8,7 +8,7 @@ use tokio_postgres::{Row, Transaction};
 
 use super::{column, pg_error, subscription_record_at, PostgresStore};
 use crate::store::mailboxes::{
-    apply_begin, apply_finish, apply_put, FinishOutcome, Lease, MailboxRecord, MailboxState,
+    apply_begin, apply_finish, apply_put, BeginSubscribe, FinishOutcome, Lease, MailboxRecord,
     MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
     SubscribeOutcome, RETIRED_REASON,
 };
@@ -203,38 +203,49 @@ fn commit_error(e: tokio_postgres::Error) -> StoreError {
 
 #[async_trait]
 impl MailboxStore for PostgresStore {
-    async fn put_mailbox(
+    async fn put_mailboxes(
         &self,
-        request: &PutMailbox,
+        requests: &[PutMailbox],
         now: OffsetDateTime,
-    ) -> Result<PutOutcome, StoreError> {
-        let request = request.clone();
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let mut requests = requests.to_vec();
+        // Rows locked in address order, so replicas putting overlapping lists cannot deadlock.
+        let mut order: Vec<usize> = (0..requests.len()).collect();
+        order.sort_by(|&a, &b| requests[a].address.cmp(&requests[b].address));
+        let sorted: Vec<PutMailbox> = order.iter().map(|&i| requests[i].clone()).collect();
+        requests.clear();
         self.with_aux(|c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await.map_err(begin_error)?;
-                // Two replicas creating the same mailbox: the second waits on the first's
-                // insert, then finds the row.
-                tx.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext($1))",
-                    &[&request.address],
-                )
-                .await
-                .map_err(|e| pg_error("locking a mailbox", e))?;
-                let existing = load_view(&tx, &request.address, true)
-                    .await?
-                    .map(|v| v.mailbox);
-                let (record, created, retired) = apply_put(existing, &request, now);
-                write_mailbox(&tx, &record).await?;
-                if let Some(id) = retired {
-                    retire(&tx, &id, now).await?;
+                let mut outcomes: Vec<Option<PutOutcome>> = vec![None; sorted.len()];
+                for (slot, request) in order.iter().zip(&sorted) {
+                    // Two replicas creating the same mailbox: the second waits on the first's
+                    // insert, then finds the row.
+                    tx.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext($1))",
+                        &[&request.address],
+                    )
+                    .await
+                    .map_err(|e| pg_error("locking a mailbox", e))?;
+                    let existing = load_view(&tx, &request.address, true)
+                        .await?
+                        .map(|v| v.mailbox);
+                    let (record, created, retired) = apply_put(existing, request, now);
+                    write_mailbox(&tx, &record).await?;
+                    if let Some(id) = retired {
+                        retire(&tx, &id, now).await?;
+                    }
+                    let view = load_view(&tx, &record.address, false)
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::Unavailable(
+                                "mailbox vanished inside its transaction".into(),
+                            )
+                        })?;
+                    outcomes[*slot] = Some(PutOutcome { view, created });
                 }
-                let view = load_view(&tx, &record.address, false)
-                    .await?
-                    .ok_or_else(|| {
-                        StoreError::Unavailable("mailbox vanished inside its transaction".into())
-                    })?;
                 tx.commit().await.map_err(commit_error)?;
-                Ok(PutOutcome { view, created })
+                Ok(outcomes.into_iter().flatten().collect())
             })
         })
         .await
@@ -342,57 +353,89 @@ impl MailboxStore for PostgresStore {
         .await
     }
 
-    async fn begin_subscribe(
+    async fn begin_subscribes(
         &self,
-        address: &str,
+        begins: &[BeginSubscribe],
         lease: &Lease,
-        state: MailboxState,
-        cause: Option<RenewCause>,
         now: OffsetDateTime,
-    ) -> Result<Option<MailboxView>, StoreError> {
-        let (address, lease) = (address.to_string(), lease.clone());
+    ) -> Result<Vec<MailboxView>, StoreError> {
+        let mut begins = begins.to_vec();
+        begins.sort_by(|a, b| a.address.cmp(&b.address));
+        let lease = lease.clone();
         self.with_aux(|c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await.map_err(begin_error)?;
-                let Some(existing) = load_view(&tx, &address, true).await? else {
-                    return Ok(None);
-                };
-                let Some(record) = apply_begin(existing.mailbox, &lease, state, cause, now) else {
-                    return Ok(None);
-                };
-                write_mailbox(&tx, &record).await?;
-                let view = load_view(&tx, &address, false).await?;
+                let mut taken = Vec::with_capacity(begins.len());
+                for begin in &begins {
+                    let Some(existing) = load_view(&tx, &begin.address, true).await? else {
+                        continue;
+                    };
+                    let Some(record) =
+                        apply_begin(existing.mailbox, &lease, begin.state, begin.cause, now)
+                    else {
+                        continue;
+                    };
+                    write_mailbox(&tx, &record).await?;
+                    if let Some(view) = load_view(&tx, &begin.address, false).await? {
+                        taken.push(view);
+                    }
+                }
                 tx.commit().await.map_err(commit_error)?;
-                Ok(view)
+                Ok(taken)
             })
         })
         .await
     }
 
-    async fn finish_subscribe(
+    async fn finish_subscribes(
         &self,
-        address: &str,
+        results: &[(String, SubscribeOutcome)],
         lease: &Lease,
-        outcome: &SubscribeOutcome,
         now: OffsetDateTime,
-    ) -> Result<FinishOutcome, StoreError> {
-        let (address, lease, outcome) = (address.to_string(), lease.clone(), outcome.clone());
+    ) -> Result<Vec<FinishOutcome>, StoreError> {
+        let (results, lease) = (results.to_vec(), lease.clone());
+        // Rows locked in address order, so replicas cannot deadlock.
+        let mut order: Vec<usize> = (0..results.len()).collect();
+        order.sort_by(|&a, &b| results[a].0.cmp(&results[b].0));
         self.with_aux(|c| {
             Box::pin(async move {
                 let tx = c.client.transaction().await.map_err(begin_error)?;
-                let existing = load_view(&tx, &address, true).await?.map(|v| v.mailbox);
-                let plan = apply_finish(existing, &lease, &outcome, now);
-                if let Some(subscription) = &plan.new_subscription {
-                    upsert_subscription(&tx, subscription).await?;
-                }
-                if let Some(id) = &plan.retire {
-                    retire(&tx, id, now).await?;
-                }
-                if let Some(record) = &plan.mailbox {
-                    write_mailbox(&tx, record).await?;
+                let mut outcomes = vec![FinishOutcome::Abandoned; results.len()];
+                for &index in &order {
+                    let (address, outcome) = &results[index];
+                    let existing = load_view(&tx, address, true).await?.map(|v| v.mailbox);
+                    let plan = apply_finish(existing, &lease, outcome, now);
+                    if let Some(subscription) = &plan.new_subscription {
+                        upsert_subscription(&tx, subscription).await?;
+                    }
+                    if let Some(id) = &plan.retire {
+                        retire(&tx, id, now).await?;
+                    }
+                    if let Some(record) = &plan.mailbox {
+                        write_mailbox(&tx, record).await?;
+                    }
+                    outcomes[index] = plan.outcome;
                 }
                 tx.commit().await.map_err(commit_error)?;
-                Ok(plan.outcome)
+                Ok(outcomes)
+            })
+        })
+        .await
+    }
+
+    async fn release_leases(&self, addresses: &[String], lease: &Lease) -> Result<(), StoreError> {
+        let (addresses, owner) = (addresses.to_vec(), lease.owner.clone());
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "UPDATE mailboxes SET lease_owner = NULL, lease_until = NULL
+                         WHERE address = ANY($1::text[]) AND lease_owner = $2",
+                        &[&addresses, &owner],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| pg_error("releasing leases", e))
             })
         })
         .await

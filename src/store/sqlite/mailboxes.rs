@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 
 use super::{sqlite_error, subscription_columns_at, subscription_record, SqliteStore};
 use crate::store::mailboxes::{
-    apply_begin, apply_finish, apply_put, FinishOutcome, Lease, MailboxRecord, MailboxState,
+    apply_begin, apply_finish, apply_put, BeginSubscribe, FinishOutcome, Lease, MailboxRecord,
     MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
     SubscribeOutcome, RETIRED_REASON,
 };
@@ -218,25 +218,31 @@ fn in_transaction<R>(
 
 #[async_trait]
 impl MailboxStore for SqliteStore {
-    async fn put_mailbox(
+    async fn put_mailboxes(
         &self,
-        request: &PutMailbox,
+        requests: &[PutMailbox],
         now: OffsetDateTime,
-    ) -> Result<PutOutcome, StoreError> {
-        let request = request.clone();
+    ) -> Result<Vec<PutOutcome>, StoreError> {
+        let requests = requests.to_vec();
         self.writer
             .call(move |connection| {
-                in_transaction(connection, "putting a mailbox", |tx| {
-                    let existing = load_record(tx, &request.address)?;
-                    let (record, created, retired) = apply_put(existing, &request, now);
-                    write_mailbox(tx, &record)?;
-                    if let Some(id) = retired {
-                        retire(tx, &id, now)?;
+                in_transaction(connection, "putting mailboxes", |tx| {
+                    let mut outcomes = Vec::with_capacity(requests.len());
+                    for request in &requests {
+                        let existing = load_record(tx, &request.address)?;
+                        let (record, created, retired) = apply_put(existing, request, now);
+                        write_mailbox(tx, &record)?;
+                        if let Some(id) = retired {
+                            retire(tx, &id, now)?;
+                        }
+                        let view = load_view(tx, &record.address)?.ok_or_else(|| {
+                            StoreError::Unavailable(
+                                "mailbox vanished inside its transaction".into(),
+                            )
+                        })?;
+                        outcomes.push(PutOutcome { view, created });
                     }
-                    let view = load_view(tx, &record.address)?.ok_or_else(|| {
-                        StoreError::Unavailable("mailbox vanished inside its transaction".into())
-                    })?;
-                    Ok(PutOutcome { view, created })
+                    Ok(outcomes)
                 })
             })
             .await
@@ -328,54 +334,85 @@ impl MailboxStore for SqliteStore {
             .await
     }
 
-    async fn begin_subscribe(
+    async fn begin_subscribes(
         &self,
-        address: &str,
+        begins: &[BeginSubscribe],
         lease: &Lease,
-        state: MailboxState,
-        cause: Option<RenewCause>,
         now: OffsetDateTime,
-    ) -> Result<Option<MailboxView>, StoreError> {
-        let (address, lease) = (address.to_string(), lease.clone());
+    ) -> Result<Vec<MailboxView>, StoreError> {
+        let (begins, lease) = (begins.to_vec(), lease.clone());
         self.writer
             .call(move |connection| {
-                in_transaction(connection, "leasing a mailbox", |tx| {
-                    let Some(record) = load_record(tx, &address)? else {
-                        return Ok(None);
-                    };
-                    let Some(record) = apply_begin(record, &lease, state, cause, now) else {
-                        return Ok(None);
-                    };
-                    write_mailbox(tx, &record)?;
-                    load_view(tx, &address)
+                in_transaction(connection, "leasing mailboxes", |tx| {
+                    let mut taken = Vec::with_capacity(begins.len());
+                    for begin in &begins {
+                        let Some(record) = load_record(tx, &begin.address)? else {
+                            continue;
+                        };
+                        let Some(record) =
+                            apply_begin(record, &lease, begin.state, begin.cause, now)
+                        else {
+                            continue;
+                        };
+                        write_mailbox(tx, &record)?;
+                        if let Some(view) = load_view(tx, &begin.address)? {
+                            taken.push(view);
+                        }
+                    }
+                    Ok(taken)
                 })
             })
             .await
     }
 
-    async fn finish_subscribe(
+    async fn finish_subscribes(
         &self,
-        address: &str,
+        results: &[(String, SubscribeOutcome)],
         lease: &Lease,
-        outcome: &SubscribeOutcome,
         now: OffsetDateTime,
-    ) -> Result<FinishOutcome, StoreError> {
-        let (address, lease, outcome) = (address.to_string(), lease.clone(), outcome.clone());
+    ) -> Result<Vec<FinishOutcome>, StoreError> {
+        let (results, lease) = (results.to_vec(), lease.clone());
         self.writer
             .call(move |connection| {
-                in_transaction(connection, "recording a Subscribe", |tx| {
-                    let existing = load_record(tx, &address)?;
-                    let plan = apply_finish(existing, &lease, &outcome, now);
-                    if let Some(subscription) = &plan.new_subscription {
-                        upsert_subscription(tx, subscription)?;
+                in_transaction(connection, "recording Subscribe results", |tx| {
+                    let mut outcomes = Vec::with_capacity(results.len());
+                    for (address, outcome) in &results {
+                        let existing = load_record(tx, address)?;
+                        let plan = apply_finish(existing, &lease, outcome, now);
+                        if let Some(subscription) = &plan.new_subscription {
+                            upsert_subscription(tx, subscription)?;
+                        }
+                        if let Some(id) = &plan.retire {
+                            retire(tx, id, now)?;
+                        }
+                        if let Some(record) = &plan.mailbox {
+                            write_mailbox(tx, record)?;
+                        }
+                        outcomes.push(plan.outcome);
                     }
-                    if let Some(id) = &plan.retire {
-                        retire(tx, id, now)?;
+                    Ok(outcomes)
+                })
+            })
+            .await
+    }
+
+    async fn release_leases(&self, addresses: &[String], lease: &Lease) -> Result<(), StoreError> {
+        let (addresses, owner) = (addresses.to_vec(), lease.owner.clone());
+        self.writer
+            .call(move |connection| {
+                in_transaction(connection, "releasing leases", |tx| {
+                    let mut release = tx
+                        .prepare_cached(
+                            "UPDATE mailboxes SET lease_owner = NULL, lease_until = NULL
+                             WHERE address = ?1 AND lease_owner = ?2",
+                        )
+                        .map_err(|e| sqlite_error("releasing leases", e))?;
+                    for address in &addresses {
+                        release
+                            .execute(params![address, owner])
+                            .map_err(|e| sqlite_error("releasing leases", e))?;
                     }
-                    if let Some(record) = &plan.mailbox {
-                        write_mailbox(tx, record)?;
-                    }
-                    Ok(plan.outcome)
+                    Ok(())
                 })
             })
             .await
