@@ -574,6 +574,19 @@ async fn every_kind_of_answer_is_valid_against_the_schema() {
         .await,
     );
     keep("GetItem success", ews.raw(ROOM1, &get_body(&[&id])).await);
+    sim.fail_next("GetItem", pushgate::exchange_sim::ScriptedFailure::Warning);
+    keep(
+        "GetItem Warning (batch stopped)",
+        ews.raw(ROOM1, &get_body(&[&id])).await,
+    );
+    sim.fail_next(
+        "GetItem",
+        pushgate::exchange_sim::ScriptedFailure::Error("ErrorMailboxMoveInProgress".into()),
+    );
+    keep(
+        "GetItem ErrorMailboxMoveInProgress",
+        ews.raw(ROOM1, &get_body(&[&id])).await,
+    );
     let gone = sim
         .create_item(
             ROOM1,

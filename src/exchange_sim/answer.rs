@@ -125,6 +125,17 @@ impl Message {
         }
     }
 
+    /// A Warning message: this part was not processed (the batch stopped); the client retries.
+    pub fn warning(operation: &str, code: &str) -> Message {
+        let mut message = Message::error(
+            operation,
+            code,
+            "The operation was not processed because an earlier one in the batch failed.",
+        );
+        message.class = Class::Warning;
+        message
+    }
+
     pub fn server_busy(operation: &str, back_off_ms: u64) -> Message {
         let mut message = Message::error(operation, "ErrorServerBusy", SERVER_BUSY_TEXT);
         message.back_off_ms = Some(back_off_ms);

@@ -21,6 +21,7 @@
 //! | `POST /control/answer-next-create-after` | `{"delay_ms"}` | `{}` |
 //! | `POST /control/latency` | `{"ms"}` | `{}` |
 //! | `POST /control/expire-tokens` | | `{}` |
+//! | `POST /control/fail-next` | `{"operation","kind": "error"/"warning"/"http"/"fault","code"?,"status"?,"retry_after_s"?}` | `{}` |
 //! | `GET /control/subscriptions`, `/control/calls`, `/control/call-counts`, `/control/deliveries` | | observation |
 //!
 //! Errors answer `{"error": TEXT}` with 400 (bad input) or 404 (unknown mailbox, item,
@@ -38,6 +39,7 @@ use time::OffsetDateTime;
 use super::handle::{ItemSpec, ItemUpdate, Shared, SimError, SimHandle};
 use super::schema::parse_date_time;
 use super::server::{json_answer, read_body, Answer};
+use super::state::ScriptedFailure;
 
 fn error(status: StatusCode, text: &str) -> Answer {
     json_answer(status, &json!({ "error": text }))
@@ -287,6 +289,27 @@ fn post(sim: &SimHandle, path: &str, fields: &Fields) -> Result<Value, Bad> {
         }
         "/control/expire-tokens" => {
             sim.expire_tokens();
+            ok(json!({}))
+        }
+        "/control/fail-next" => {
+            let operation = fields.string("operation")?;
+            let failure = match fields.string("kind")?.as_str() {
+                "error" => ScriptedFailure::Error(fields.string("code")?),
+                "warning" => ScriptedFailure::Warning,
+                "fault" => ScriptedFailure::Fault(fields.string("code")?),
+                "http" => ScriptedFailure::Http {
+                    status: fields
+                        .0
+                        .get("status")
+                        .and_then(Value::as_u64)
+                        .and_then(|s| u16::try_from(s).ok())
+                        .filter(|s| (400..600).contains(s))
+                        .ok_or_else(|| Bad::input("'status' must be 400 to 599".into()))?,
+                    retry_after: fields.0.get("retry_after_s").and_then(Value::as_u64),
+                },
+                _ => return Err(Bad::input("'kind' is error, warning, http or fault".into())),
+            };
+            sim.fail_next(&operation, failure);
             ok(json!({}))
         }
         _ => Err(Bad(StatusCode::NOT_FOUND, "no such control call".into())),

@@ -17,7 +17,9 @@ use super::client::connector_trusting;
 use super::options::SimOptions;
 use super::request::{ExtendedFieldUri, ExtendedValue};
 use super::schema::format_date_time;
-use super::state::{CallCounts, CallRecord, DeliveryRecord, State, SubscriptionInfo};
+use super::state::{
+    CallCounts, CallRecord, DeliveryRecord, ScriptedFailure, State, SubscriptionInfo,
+};
 use super::store::{mailbox_key, FieldChanges, FolderKind, Item, NewItem, StoreError};
 use super::subscriptions::Ended;
 
@@ -485,6 +487,16 @@ impl SimHandle {
     /// after Exchange's 30 days.
     pub fn expire_watermarks(&self, mailbox: &str) -> Result<(), SimError> {
         Ok(self.shared.lock().store.expire_watermarks(mailbox)?)
+    }
+
+    /// Answers the next call of `operation` with `failure` instead of carrying it out (several
+    /// calls: arm several times; they are used in order).
+    pub fn fail_next(&self, operation: &str, failure: ScriptedFailure) {
+        self.shared
+            .lock()
+            .faults
+            .scripted
+            .push((operation.to_string(), failure));
     }
 
     /// Exchange Online's EWS switch: HTTP 403 for every EWS call while disabled.

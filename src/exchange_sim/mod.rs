@@ -64,7 +64,7 @@ pub mod xml;
 pub use answer::PropertySetForm;
 pub use handle::{ItemSnapshot, ItemSpec, ItemUpdate, SimError, SimHandle, Simulator};
 pub use options::{SimOptions, OPERATIONS};
-pub use state::{CallCounts, CallRecord, DeliveryRecord, SubscriptionInfo};
+pub use state::{CallCounts, CallRecord, DeliveryRecord, ScriptedFailure, SubscriptionInfo};
 
 /// A test whose dependency is missing says so; with `PUSHGATE_REQUIRE_ALL=1` it fails instead.
 #[cfg(test)]

@@ -24,7 +24,7 @@ use super::auth::{self, Authentication, TokenGrant};
 use super::ews::{self, Execution, Identity, Refusal};
 use super::handle::Shared;
 use super::request::{self, Operation};
-use super::state::State;
+use super::state::{ScriptedFailure, State};
 use super::xml;
 
 pub type Answer = Response<Full<Bytes>>;
@@ -313,12 +313,77 @@ async fn ews_call(
     };
     match outcome {
         Outcome::Fault(fault) => Ok(fault_answer(&fault)),
+        Outcome::Http {
+            status,
+            retry_after,
+        } => {
+            let mut answer = plain(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                "the server cannot answer now",
+            );
+            if let Some(seconds) = retry_after {
+                if let Ok(value) = HeaderValue::from_str(&seconds.to_string()) {
+                    answer.headers_mut().insert(header::RETRY_AFTER, value);
+                }
+            }
+            Ok(answer)
+        }
         Outcome::Answer { xml, delay } => {
             let wait = latency + delay.unwrap_or_default();
             if !wait.is_zero() {
                 tokio::time::sleep(wait).await;
             }
             Ok(xml_answer(StatusCode::OK, xml))
+        }
+    }
+}
+
+/// The answer to a call a scripted failure was armed for; the call is not carried out.
+fn scripted_answer(
+    state: &mut State,
+    call: &Call<'_>,
+    failure: ScriptedFailure,
+    envelope: &dyn Fn(&[Message]) -> String,
+) -> Outcome {
+    let operation = call.operation;
+    let count = ews::message_count(&call.request.operation);
+    match failure {
+        ScriptedFailure::Error(code) => {
+            state.record_call(operation, call.named, &code);
+            let messages: Vec<Message> = (0..count)
+                .map(|_| Message::error(operation, &code, "Scripted failure of the simulator."))
+                .collect();
+            Outcome::Answer {
+                xml: envelope(&messages),
+                delay: None,
+            }
+        }
+        ScriptedFailure::Warning => {
+            state.record_call(operation, call.named, "ErrorBatchProcessingStopped");
+            let messages: Vec<Message> = (0..count)
+                .map(|_| Message::warning(operation, "ErrorBatchProcessingStopped"))
+                .collect();
+            Outcome::Answer {
+                xml: envelope(&messages),
+                delay: None,
+            }
+        }
+        ScriptedFailure::Http {
+            status,
+            retry_after,
+        } => {
+            state.record_call(operation, call.named, &format!("http_{status}"));
+            Outcome::Http {
+                status,
+                retry_after,
+            }
+        }
+        ScriptedFailure::Fault(code) => {
+            state.record_call(operation, call.named, &format!("fault:{code}"));
+            Outcome::Fault(Box::new(Fault::other(
+                &code,
+                "Scripted failure of the simulator.",
+            )))
         }
     }
 }
@@ -340,6 +405,11 @@ enum Outcome {
         delay: Option<Duration>,
     },
     Fault(Box<Fault>),
+    /// An HTTP status without an EWS answer.
+    Http {
+        status: u16,
+        retry_after: Option<u64>,
+    },
 }
 
 /// Throttling, the mailbox acted for, the operation, its bookkeeping; with the state locked.
@@ -353,6 +423,9 @@ fn answer_call(shared: &Arc<Shared>, state: &mut State, call: &Call<'_>) -> Outc
             options.property_set_form,
         ))
     };
+    if let Some(failure) = state.faults.take_scripted(operation) {
+        return scripted_answer(state, call, failure, &envelope);
+    }
     if let Some(back_off) = state.faults.busy(Instant::now()) {
         let back_off_ms = u64::try_from(back_off.as_millis()).unwrap_or(u64::MAX);
         if options.busy_fault_operations.iter().any(|o| o == operation) {

@@ -26,6 +26,33 @@ pub struct Faults {
     /// The next CreateItem is carried out but answered only after this long.
     pub answer_next_create_after: Option<Duration>,
     pub latency: Duration,
+    /// Failures to answer the next calls of an operation with, in order (`fail_next`).
+    pub scripted: Vec<(String, ScriptedFailure)>,
+}
+
+/// A failure `SimHandle::fail_next` arms for one call: the call is not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptedFailure {
+    /// `ResponseClass="Error"` with this ResponseCode in every response message (e.g.
+    /// `ErrorMailboxMoveInProgress`).
+    Error(String),
+    /// `ResponseClass="Warning"`, `ErrorBatchProcessingStopped`: not processed, retry.
+    Warning,
+    /// An HTTP status without an EWS answer (429, 503...), with `Retry-After` in seconds.
+    Http {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// An HTTP 500 SOAP fault with this code (e.g. `ErrorSchemaValidation`).
+    Fault(String),
+}
+
+impl Faults {
+    /// Takes the failure armed for the next call of `operation`, if any.
+    pub fn take_scripted(&mut self, operation: &str) -> Option<ScriptedFailure> {
+        let index = self.scripted.iter().position(|(op, _)| op == operation)?;
+        Some(self.scripted.remove(index).1)
+    }
 }
 
 impl Faults {
