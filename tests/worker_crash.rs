@@ -43,7 +43,8 @@ fn write_config(db: &TestDb, ports: &Ports) -> std::path::PathBuf {
     let config = worker_config(db.dir(), &db.url());
     let text = format!(
         "[worker]\nlisten = \"127.0.0.1:{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n\
-         database_url = \"{}\"\ngateway_token_file = \"{}\"\n\n[log]\nlevel = \"warn\"\nformat = \"text\"\n",
+         database_url = \"{}\"\ngateway_token_file = \"{}\"\n\
+         unknown_subscriptions = \"accept\"\n\n[log]\nlevel = \"warn\"\nformat = \"text\"\n",
         ports.listen,
         ports.metrics,
         config.worker.database_url,
