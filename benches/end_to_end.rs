@@ -49,6 +49,8 @@ async fn run() {
     config.worker.metrics_listen = "127.0.0.1:0".into();
     config.worker.database_url = format!("sqlite://{}", dir.path().join("bench.db").display());
     config.worker.gateway_token_file = dir.path().join("token");
+    // The bench's subscriptions are its own invention: store them, as the measurement means.
+    config.worker.unknown_subscriptions = pushgate::config::UnknownSubscriptions::Accept;
     let worker = pushgate::worker::start(config.clone()).await.unwrap();
     let g = &mut config.gateway;
     g.listen = "127.0.0.1:0".into();
