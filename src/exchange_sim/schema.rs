@@ -410,29 +410,7 @@ pub fn is_field_uri(value: &str) -> bool {
     }
 }
 
-pub const EXCHANGE_VERSIONS: &[&str] = &[
-    "Exchange2007",
-    "Exchange2007_SP1",
-    "Exchange2009",
-    "Exchange2010",
-    "Exchange2010_SP1",
-    "Exchange2010_SP2",
-    "Exchange2012",
-    "Exchange2013",
-    "Exchange2013_SP1",
-    "Exchange2015",
-    "Exchange2016",
-    "V2015_10_05",
-    "V2016_01_06",
-    "V2016_04_13",
-    "V2016_07_13",
-    "V2016_10_10",
-    "V2017_01_07",
-    "V2017_04_14",
-    "V2017_07_11",
-    "V2017_10_09",
-    "V2018_01_08",
-];
+pub const EXCHANGE_VERSIONS: &[&str] = &crate::notification::EXCHANGE_VERSIONS;
 pub const BASE_SHAPES: &[&str] = &["IdOnly", "Default", "AllProperties", "PcxPeopleSearch"];
 pub const BODY_TYPES: &[&str] = &["Best", "HTML", "Text"];
 pub const DISPOSAL_TYPES: &[&str] = &["HardDelete", "SoftDelete", "MoveToDeletedItems"];

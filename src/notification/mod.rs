@@ -33,6 +33,9 @@ pub use model::{
     ResponseMessage,
 };
 pub use validator::{parse, validate, Rejection, RejectionKind, Summary};
+/// The schema's `ExchangeVersionType` values (types.xsd), the only ones `RequestServerVersion`
+/// takes; the worker's `[ews] server_version` and the simulator check against the same list.
+pub use vocabulary::EXCHANGE_VERSIONS;
 pub use write::notification_xml;
 
 /// One line of `pushgate validate` output for `body`: `"<label>: valid"` or

@@ -537,7 +537,7 @@ pub(super) const RESPONSE_CODES: [&str; 529] = [
 ];
 
 /// `t:ExchangeVersionType` (types.xsd), the values of `t:RequestServerVersion/@Version`.
-pub(super) const EXCHANGE_VERSIONS: [&str; 21] = [
+pub const EXCHANGE_VERSIONS: [&str; 21] = [
     "Exchange2007",
     "Exchange2007_SP1",
     "Exchange2009",
