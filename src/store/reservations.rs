@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use super::mailboxes::{truncate, Lease};
-use super::timefmt::{format_utc, parse_utc};
+use super::timefmt::{format_utc, parse_utc, to_micros};
 use super::StoreError;
 
 /// Whether a reservation still holds its room.
@@ -150,7 +150,8 @@ impl OutboxState {
     }
 }
 
-/// One row of `reservations`.
+/// One row of `reservations`. Instants are kept to the microsecond (what both databases keep):
+/// the rules truncate what they store, so a row answered is equal to the row read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     /// `res-` and 32 hex digits: the AppointmentOid the calendar item carries.
@@ -571,14 +572,15 @@ fn queued(state: SyncState) -> SyncState {
 
 /// The row a creation writes.
 pub(crate) fn apply_create(new: &NewReservation, tenant: String, now: OffsetDateTime) -> Planned {
+    let now = to_micros(now);
     let reservation = Reservation {
         id: new.id.clone(),
         tenant,
         mailbox: new.mailbox.clone(),
         resource: new.resource.clone(),
         subject: new.subject.clone(),
-        start: new.start,
-        end: new.end,
+        start: to_micros(new.start),
+        end: to_micros(new.end),
         status: ReservationStatus::Active,
         source: new.source,
         item_id: None,
@@ -618,10 +620,10 @@ pub(crate) fn apply_change(
         next.resource = resource.clone();
     }
     if let Some(start) = change.start {
-        next.start = start;
+        next.start = to_micros(start);
     }
     if let Some(end) = change.end {
-        next.end = end;
+        next.end = to_micros(end);
     }
     if next.start >= next.end {
         return Err(ReservationError::EmptyWindow);
@@ -666,7 +668,7 @@ fn fields_differ(a: &Reservation, b: &Reservation) -> bool {
 fn record_change(mut next: Reservation, source: ChangeSource, now: OffsetDateTime) -> Planned {
     next.version += 1;
     next.last_change = source.last_change();
-    next.updated_at = now;
+    next.updated_at = to_micros(now);
     let outbox = match source {
         ChangeSource::Web => {
             next.sync_state = queued(next.sync_state);
@@ -705,10 +707,10 @@ pub(crate) fn apply_exchange_rule(
             next.subject = subject.clone();
         }
         if let Some(start) = fields.start {
-            next.start = start;
+            next.start = to_micros(start);
         }
         if let Some(end) = fields.end {
-            next.end = end;
+            next.end = to_micros(end);
         }
         if outcome.cancel {
             next.status = ReservationStatus::Cancelled;
@@ -727,7 +729,7 @@ pub(crate) fn apply_exchange_rule(
     if next == current {
         return ApplyResult::Unchanged(current);
     }
-    next.updated_at = now;
+    next.updated_at = to_micros(now);
     ApplyResult::Applied {
         reservation: next,
         changed,
@@ -753,7 +755,7 @@ pub(crate) fn apply_finish(
         SyncState::Synced
     };
     current.last_error = None;
-    current.updated_at = now;
+    current.updated_at = to_micros(now);
     current
 }
 
@@ -769,7 +771,7 @@ pub(crate) fn apply_retry(
         SyncState::Retrying
     };
     current.last_error = Some(truncate(&retry.error));
-    current.updated_at = now;
+    current.updated_at = to_micros(now);
     current
 }
 
@@ -781,7 +783,7 @@ pub(crate) fn apply_requeue(current: Reservation, now: OffsetDateTime) -> Option
     let mut next = current;
     next.sync_state = queued(next.sync_state);
     next.write_pending = true;
-    next.updated_at = now;
+    next.updated_at = to_micros(now);
     let outbox = Some(web_write(&next));
     Some(Planned {
         reservation: next,
@@ -1174,6 +1176,33 @@ mod tests {
             planned.reservation.version, 1,
             "not a change of the reservation"
         );
+    }
+
+    #[test]
+    fn instants_are_kept_to_the_microsecond() {
+        let now = datetime!(2026-12-01 10:00:00.123456789 UTC);
+        let mut new = new(ChangeSource::Web);
+        new.start = datetime!(2026-12-02 09:00:00.000000999 UTC);
+        let created = apply_create(&new, "default".into(), now).reservation;
+        assert_eq!(
+            created.created_at,
+            datetime!(2026-12-01 10:00:00.123456 UTC)
+        );
+        assert_eq!(created.start, datetime!(2026-12-02 09:00 UTC));
+        let changed = apply_change(created, &subject_change("x"), ChangeSource::Web, now)
+            .unwrap()
+            .reservation;
+        assert_eq!(
+            changed.updated_at,
+            datetime!(2026-12-01 10:00:00.123456 UTC)
+        );
+    }
+
+    fn subject_change(text: &str) -> ReservationChange {
+        ReservationChange {
+            subject: Some(text.into()),
+            ..Default::default()
+        }
     }
 
     #[test]
