@@ -314,7 +314,7 @@ async fn lists_filter_and_page(db: &TestDb) {
         .iter()
         .all(|r| r["mailbox"] == "room2@contoso.com"));
     let cancelled = list("?status=cancelled".into()).await;
-    assert_eq!(item_ids(&cancelled), [cancelled_id.clone()]);
+    assert_eq!(item_ids(&cancelled), [cancelled_id]);
     let active = list("?status=active&mailbox=room1@contoso.com".into()).await;
     assert_eq!(item_ids(&active).len(), 4);
     // Overlap with [from, to): day 2's bookings end at ten, day 4's start at nine.
@@ -336,6 +336,16 @@ async fn lists_filter_and_page(db: &TestDb) {
     assert_eq!(days, [2, 2, 3]);
     handle.shutdown().await.unwrap();
 }
+
+/// A bad request and its answer: method, path, body; status, error code, field.
+type Case<'a> = (
+    &'a str,
+    String,
+    Option<Value>,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
 
 async fn bad_input_gets_a_precise_answer_and_changes_nothing(db: &TestDb) {
     let handle = start(db).await;
@@ -366,7 +376,7 @@ async fn bad_input_gets_a_precise_answer_and_changes_nothing(db: &TestDb) {
         body
     };
 
-    let mut cases: Vec<(&str, String, Option<Value>, u16, &str, Option<&str>)> = Vec::new();
+    let mut cases: Vec<Case> = Vec::new();
     let post = "/api/v1/reservations".to_string();
     for field in ["mailbox", "resource", "subject", "start", "end", "source"] {
         cases.push((

@@ -1143,16 +1143,11 @@ async fn two_stores_claim_concurrently_each_thing_once_in_order(db: &Db) {
     for worker in workers {
         worker.await.unwrap();
     }
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let mut claimed = seen.claimed.clone();
     claimed.sort_unstable();
-    let all: Vec<i64> = first
-        .events(None)
-        .await
-        .unwrap()
-        .iter()
-        .map(|e| e.id)
-        .collect();
+    let stored = first.events(None).await.unwrap();
+    let all: Vec<i64> = stored.iter().map(|e| e.id).collect();
     assert_eq!(claimed, all, "every event claimed exactly once");
     let mut written = seen.reservations.clone();
     written.sort();
@@ -1160,9 +1155,13 @@ async fn two_stores_claim_concurrently_each_thing_once_in_order(db: &Db) {
     assert_eq!(written, expected, "every write claimed exactly once");
     assert_eq!(first.backlog().await.unwrap(), 0);
     assert_eq!(first.sync_backlog().await.unwrap().outbox_pending, 0);
-    // Each subscription ended on its last event.
-    let last: BTreeMap<&String, &i64> = seen.last.iter().collect();
-    assert_eq!(last.len(), SUBSCRIPTIONS);
+    // Each subscription's claims ended on its last event.
+    let mut newest: BTreeMap<String, i64> = BTreeMap::new();
+    for event in &stored {
+        newest.insert(event.subscription_id.clone(), event.id);
+    }
+    assert_eq!(newest.len(), SUBSCRIPTIONS);
+    assert_eq!(seen.last.into_iter().collect::<BTreeMap<_, _>>(), newest);
 }
 
 async fn resync_requests_and_the_calendar_folder(db: &Db) {
