@@ -510,6 +510,48 @@ pub trait ReservationStore: Send + Sync {
     async fn sync_backlog(&self) -> Result<SyncBacklog, StoreError>;
 }
 
+/// The `WHERE` conditions of a list query, only for what the filter and cursor set (so the
+/// databases can use their indexes), with their text values in placeholder order. `text(n)` and
+/// `time(n)` render placeholder `n` (from 1) for a backend.
+pub(crate) fn list_conditions(
+    filter: &ReservationFilter,
+    after: Option<&ReservationCursor>,
+    text: impl Fn(usize) -> String,
+    time: impl Fn(usize) -> String,
+) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    let mut bind = |value: String| {
+        values.push(value);
+        values.len()
+    };
+    if let Some(mailbox) = &filter.mailbox {
+        conditions.push(format!("r.mailbox = {}", text(bind(mailbox.clone()))));
+    }
+    if let Some(status) = filter.status {
+        conditions.push(format!("r.status = {}", text(bind(status.as_str().into()))));
+    }
+    if let Some(from) = filter.from {
+        conditions.push(format!("r.end_at > {}", time(bind(format_utc(from)))));
+    }
+    if let Some(to) = filter.to {
+        conditions.push(format!("r.start_at < {}", time(bind(format_utc(to)))));
+    }
+    if let Some(after) = after {
+        let start = time(bind(format_utc(after.start)));
+        let id = text(bind(after.id.clone()));
+        conditions.push(format!(
+            "(r.start_at > {start} OR (r.start_at = {start} AND r.id > {id}))"
+        ));
+    }
+    let conditions = if conditions.is_empty() {
+        "TRUE".to_string()
+    } else {
+        conditions.join(" AND ")
+    };
+    (conditions, values)
+}
+
 /// An outbox row a rule asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct OutboxInsert {
@@ -1203,6 +1245,39 @@ mod tests {
             subject: Some(text.into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn list_queries_hold_only_what_is_asked() {
+        let q = |n: usize| format!("?{n}");
+        let (all, values) = list_conditions(&ReservationFilter::default(), None, q, q);
+        assert_eq!((all.as_str(), values.len()), ("TRUE", 0));
+        let filter = ReservationFilter {
+            mailbox: Some("room1@contoso.com".into()),
+            status: None,
+            from: None,
+            to: Some(datetime!(2026-12-03 00:00 UTC)),
+        };
+        let cursor = ReservationCursor {
+            start: datetime!(2026-12-02 09:00 UTC),
+            id: "res-1".into(),
+        };
+        let t = |n: usize| format!("${n}::timestamptz");
+        let (conditions, values) = list_conditions(&filter, Some(&cursor), |n| format!("${n}"), t);
+        assert_eq!(
+            conditions,
+            "r.mailbox = $1 AND r.start_at < $2::timestamptz AND (r.start_at > $3::timestamptz \
+             OR (r.start_at = $3::timestamptz AND r.id > $4))"
+        );
+        assert_eq!(
+            values,
+            [
+                "room1@contoso.com",
+                "2026-12-03T00:00:00.000000Z",
+                "2026-12-02T09:00:00.000000Z",
+                "res-1"
+            ]
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::mailboxes::{begin_error, commit_error};
@@ -12,10 +13,10 @@ use super::{column, pg_error, PostgresStore};
 use crate::store::mailboxes::{truncate, Lease};
 use crate::store::reservations::{
     apply_cancel, apply_change, apply_create, apply_exchange_rule, apply_finish, apply_requeue,
-    apply_retry, check_mailbox, ApplyResult, ChangeSource, ExchangeOutcome, ItemLink, MailboxGate,
-    NewReservation, OutboxClaim, OutboxInsert, OutboxRetry, OutboxRow, Planned, Reservation,
-    ReservationChange, ReservationCursor, ReservationError, ReservationFilter, ReservationStore,
-    ReservationWrite, SyncBacklog,
+    apply_retry, check_mailbox, list_conditions, ApplyResult, ChangeSource, ExchangeOutcome,
+    ItemLink, MailboxGate, NewReservation, OutboxClaim, OutboxInsert, OutboxRetry, OutboxRow,
+    Planned, Reservation, ReservationChange, ReservationCursor, ReservationError,
+    ReservationFilter, ReservationStore, ReservationWrite, SyncBacklog,
 };
 use crate::store::timefmt::{format_utc, parse_utc};
 use crate::store::{
@@ -295,35 +296,25 @@ impl ReservationStore for PostgresStore {
         after: Option<&ReservationCursor>,
         limit: usize,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let filter = filter.clone();
-        let after_start = after.map(|c| format_utc(c.start));
-        let after_id = after.map(|c| c.id.clone());
+        let (conditions, values) = list_conditions(
+            filter,
+            after,
+            |n| format!("${n}::text"),
+            |n| format!("${n}::text::timestamptz"),
+        );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_aux(|c| {
             Box::pin(async move {
+                let sql = format!(
+                    "{RESERVATION_SELECT} WHERE {conditions} ORDER BY r.start_at, r.id LIMIT ${}",
+                    values.len() + 1
+                );
+                let mut parameters: Vec<&(dyn ToSql + Sync)> =
+                    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                parameters.push(&limit);
                 let rows = c
                     .client
-                    .query(
-                        &format!(
-                            "{RESERVATION_SELECT}
-                             WHERE ($1::text IS NULL OR r.mailbox = $1)
-                               AND ($2::text IS NULL OR r.status = $2)
-                               AND ($3::text IS NULL OR r.end_at > $3::text::timestamptz)
-                               AND ($4::text IS NULL OR r.start_at < $4::text::timestamptz)
-                               AND ($5::text IS NULL OR (r.start_at, r.id)
-                                                        > ($5::text::timestamptz, $6::text))
-                             ORDER BY r.start_at, r.id LIMIT $7"
-                        ),
-                        &[
-                            &filter.mailbox,
-                            &filter.status.map(|s| s.as_str()),
-                            &filter.from.map(format_utc),
-                            &filter.to.map(format_utc),
-                            &after_start,
-                            &after_id,
-                            &limit,
-                        ],
-                    )
+                    .query(&sql, &parameters)
                     .await
                     .map_err(|e| pg_error("listing reservations", e))?;
                 rows.iter().map(reservation).collect()

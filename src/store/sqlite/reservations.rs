@@ -11,10 +11,10 @@ use super::{sqlite_error, SqliteStore};
 use crate::store::mailboxes::Lease;
 use crate::store::reservations::{
     apply_cancel, apply_change, apply_create, apply_exchange_rule, apply_finish, apply_requeue,
-    apply_retry, check_mailbox, ApplyResult, ChangeSource, ExchangeOutcome, ItemLink, MailboxGate,
-    NewReservation, OutboxClaim, OutboxInsert, OutboxRetry, OutboxRow, Planned, Reservation,
-    ReservationChange, ReservationCursor, ReservationError, ReservationFilter, ReservationStore,
-    ReservationWrite, SyncBacklog,
+    apply_retry, check_mailbox, list_conditions, ApplyResult, ChangeSource, ExchangeOutcome,
+    ItemLink, MailboxGate, NewReservation, OutboxClaim, OutboxInsert, OutboxRetry, OutboxRow,
+    Planned, Reservation, ReservationChange, ReservationCursor, ReservationError,
+    ReservationFilter, ReservationStore, ReservationWrite, SyncBacklog,
 };
 use crate::store::timefmt::{format_utc, parse_utc};
 use crate::store::{
@@ -341,35 +341,22 @@ impl ReservationStore for SqliteStore {
         after: Option<&ReservationCursor>,
         limit: usize,
     ) -> Result<Vec<Reservation>, StoreError> {
-        let filter = filter.clone();
-        let after_start = after.map(|c| format_utc(c.start));
-        let after_id = after.map(|c| c.id.clone());
+        let (conditions, values) =
+            list_conditions(filter, after, |n| format!("?{n}"), |n| format!("?{n}"));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.reader
             .call(move |connection| {
                 let context = |e| sqlite_error("listing reservations", e);
-                let mut statement = connection
-                    .prepare_cached(&format!(
-                        "{RESERVATION_SELECT}
-                         WHERE (?1 IS NULL OR r.mailbox = ?1) AND (?2 IS NULL OR r.status = ?2)
-                           AND (?3 IS NULL OR r.end_at > ?3) AND (?4 IS NULL OR r.start_at < ?4)
-                           AND (?5 IS NULL OR r.start_at > ?5 OR (r.start_at = ?5 AND r.id > ?6))
-                         ORDER BY r.start_at, r.id LIMIT ?7"
-                    ))
-                    .map_err(context)?;
+                let sql = format!(
+                    "{RESERVATION_SELECT} WHERE {conditions} ORDER BY r.start_at, r.id LIMIT ?{}",
+                    values.len() + 1
+                );
+                let mut parameters: Vec<rusqlite::types::Value> =
+                    values.into_iter().map(Into::into).collect();
+                parameters.push(limit.into());
+                let mut statement = connection.prepare_cached(&sql).map_err(context)?;
                 let rows = statement
-                    .query_map(
-                        params![
-                            filter.mailbox,
-                            filter.status.map(|s| s.as_str()),
-                            filter.from.map(format_utc),
-                            filter.to.map(format_utc),
-                            after_start,
-                            after_id,
-                            limit
-                        ],
-                        reservation_columns,
-                    )
+                    .query_map(rusqlite::params_from_iter(parameters), reservation_columns)
                     .map_err(context)?
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(context)?;
