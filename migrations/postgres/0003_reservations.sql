@@ -24,7 +24,8 @@ CREATE TABLE reservations (
     last_error  TEXT,
     created_at  TIMESTAMPTZ NOT NULL,
     updated_at  TIMESTAMPTZ NOT NULL,
-    CHECK (start_at < end_at)
+    -- the API asks for start < end; an item shortened to nothing in Outlook is mirrored as is
+    CHECK (start_at <= end_at)
 );
 
 -- One reservation per item: the item an event names finds its reservation here.

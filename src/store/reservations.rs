@@ -667,7 +667,10 @@ pub(crate) fn apply_change(
     if let Some(end) = change.end {
         next.end = to_micros(end);
     }
-    if next.start >= next.end {
+    // Only a change of the times is held to start < end: a reservation Outlook shortened to
+    // nothing (the calendar allows it) may still get a new subject.
+    let times_changed = change.start.is_some() || change.end.is_some();
+    if times_changed && next.start >= next.end {
         return Err(ReservationError::EmptyWindow);
     }
     if !fields_differ(&current, &next) {
@@ -969,6 +972,27 @@ mod tests {
         };
         assert!(matches!(
             apply_change(current, &change, ChangeSource::Web, later()),
+            Err(ReservationError::EmptyWindow)
+        ));
+    }
+
+    #[test]
+    fn a_reservation_shortened_to_nothing_in_outlook_can_still_change() {
+        let mut current = created(ChangeSource::Addin);
+        current.end = current.start;
+        let planned = apply_change(
+            current.clone(),
+            &subject_change("x"),
+            ChangeSource::Web,
+            NOW,
+        );
+        assert!(planned.is_ok());
+        let same_end = ReservationChange {
+            end: Some(current.end),
+            ..Default::default()
+        };
+        assert!(matches!(
+            apply_change(current, &same_end, ChangeSource::Web, NOW),
             Err(ReservationError::EmptyWindow)
         ));
     }

@@ -893,6 +893,30 @@ async fn exchange_outcomes_link_update_cancel_and_follow_moves(db: &Db) {
             .unwrap(),
         ApplyResult::NotFound
     );
+    // Shortened to nothing in Outlook (the calendar allows it): mirrored, and still changeable.
+    let zero = store
+        .apply_exchange(
+            &ExchangeOutcome {
+                reservation_id: "res-other".into(),
+                fields: ItemFields {
+                    end: Some(start),
+                    ..Default::default()
+                },
+                ..outcome(1)
+            },
+            t1,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&zero, ApplyResult::Applied { reservation, changed: true } if reservation.end == start),
+        "{zero:?}"
+    );
+    let renamed = store
+        .change_reservation("res-other", &subject("Renamed"), ChangeSource::Web, t1)
+        .await
+        .unwrap();
+    assert_eq!(renamed.reservation.version, 3);
 }
 
 async fn event_claims_keep_order_and_exclusivity(db: &Db) {
