@@ -26,6 +26,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub subscriptions: SubscriptionsConfig,
     pub ews: EwsConfig,
+    pub sync: SyncConfig,
     pub log: LogConfig,
 }
 
@@ -299,6 +300,71 @@ pub enum EwsAuth {
     Basic,
     /// A bearer token from a file that something else keeps fresh.
     Bearer,
+}
+
+/// `[sync]`: keeping reservations and their calendar items in step (processes B-F).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Name of the extended property (set PublicStrings, type String) that carries the
+    /// reservation id on the calendar item.
+    pub reservation_property: String,
+    /// Failed attempts after which an event is parked as a dead letter and a calendar write is
+    /// given up.
+    pub max_attempts: u32,
+    /// How far back a resynchronisation reads the calendar, in days.
+    pub resync_past_days: u32,
+    /// How far ahead a resynchronisation reads the calendar, in days.
+    pub resync_future_days: u32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        Self {
+            reservation_property: "AppointmentOid".to_string(),
+            max_attempts: 10,
+            resync_past_days: 7,
+            resync_future_days: 365,
+        }
+    }
+}
+
+/// Longest resync window either way, in days: five years, as far as a reservation may lie.
+pub const MAX_RESYNC_DAYS: u32 = 5 * 365 + 1;
+
+impl SyncConfig {
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let property = &self.reservation_property;
+        if property.trim().is_empty()
+            || property.chars().count() > 255
+            || property.chars().any(char::is_control)
+        {
+            return Err(ConfigError::key(
+                "sync.reservation_property",
+                "must be 1 to 255 characters without control characters",
+            ));
+        }
+        if self.max_attempts == 0 {
+            return Err(ConfigError::key("sync.max_attempts", "must be at least 1"));
+        }
+        if self.resync_past_days > MAX_RESYNC_DAYS {
+            return Err(ConfigError::key(
+                "sync.resync_past_days",
+                format!(
+                    "must be 0 to {MAX_RESYNC_DAYS} (five years, as far as a reservation may lie)"
+                ),
+            ));
+        }
+        if !(1..=MAX_RESYNC_DAYS).contains(&self.resync_future_days) {
+            return Err(ConfigError::key(
+                "sync.resync_future_days",
+                format!(
+                    "must be 1 to {MAX_RESYNC_DAYS} (five years, as far as a reservation may lie)"
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[ews]`: the worker's connection to Exchange Web Services (connection 2). An empty `url` means
@@ -735,6 +801,7 @@ impl Config {
         }
 
         self.ews.check()?;
+        self.sync.check()?;
         // A worker that subscribes must be able to tell Exchange where to post.
         let s = &self.subscriptions;
         if self.ews.is_enabled() || !s.endpoint_url.is_empty() || !s.idp_root_url.is_empty() {
@@ -898,6 +965,35 @@ mod tests {
                     "{section}.{key} is not documented"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn sync_keys_are_checked_and_named() {
+        let sync: SyncConfig = Config::from_toml_str(
+            "[sync]\nreservation_property = \"BookingId\"\nmax_attempts = 3\n",
+        )
+        .unwrap()
+        .sync;
+        assert_eq!(sync.reservation_property, "BookingId");
+        assert_eq!(sync.max_attempts, 3);
+        assert_eq!(sync.resync_future_days, 365);
+        for (text, key) in [
+            ("reservation_property = \"\"", "sync.reservation_property"),
+            (
+                "reservation_property = \"a\\nb\"",
+                "sync.reservation_property",
+            ),
+            ("max_attempts = 0", "sync.max_attempts"),
+            ("resync_past_days = 5000", "sync.resync_past_days"),
+            ("resync_future_days = 0", "sync.resync_future_days"),
+            ("resync_future_days = 1827", "sync.resync_future_days"),
+            ("batch = 3", "batch"),
+        ] {
+            let err = Config::from_toml_str(&format!("[sync]\n{text}\n")).unwrap_err();
+            let err = err.to_string();
+            assert!(err.contains(key), "{text}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
         }
     }
 

@@ -118,6 +118,11 @@ conformance!(
     failed_commit_writes_nothing_and_spares_the_others,
 );
 
+// Reservations, their outbox and the sync step's event claims: more cases of the same kind, in a
+// file of their own (after the macro, which it uses).
+#[path = "store_conformance/reservations.rs"]
+mod reservations;
+
 /// Records every commit the group committer runs: (notifications, succeeded).
 #[derive(Default)]
 struct Commits(std::sync::Mutex<Vec<(usize, bool)>>);

@@ -289,6 +289,70 @@ pub trait MailboxStore: Send + Sync {
     async fn subscribe_in_flight(&self, now: OffsetDateTime) -> Result<bool, StoreError>;
 
     async fn mailbox_summary(&self) -> Result<MailboxSummary, StoreError>;
+
+    /// What the sync step keeps for a mailbox's calendar; `None` when the mailbox is unknown.
+    async fn mailbox_calendar(&self, address: &str) -> Result<Option<MailboxCalendar>, StoreError>;
+
+    /// Stores the calendar's own folder id (GetFolder's answer). False when the mailbox is
+    /// unknown.
+    async fn set_calendar_folder_id(
+        &self,
+        address: &str,
+        folder_id: &str,
+    ) -> Result<bool, StoreError>;
+
+    /// Asks for the mailbox's calendar to be read again (`pushgate sync resync`). False when
+    /// the mailbox is unknown.
+    async fn request_resync(&self, address: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
+
+    /// Takes up to `limit` resync requests, oldest first, each held by `lease` until it is
+    /// finished, deferred or expires: only of mailboxes with sync on whose subscription is
+    /// active (changes made after the calendar is read then arrive as events) and whose request
+    /// nobody holds.
+    async fn take_resyncs(
+        &self,
+        now: OffsetDateTime,
+        lease: &Lease,
+        limit: usize,
+    ) -> Result<Vec<ResyncRequest>, StoreError>;
+
+    /// The resync taken for the request made at `requested_at` is done: the request is cleared
+    /// unless a newer one came meanwhile, `resynced_at` becomes `now`, the hold ends.
+    async fn finish_resync(
+        &self,
+        address: &str,
+        requested_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+
+    /// The resync `owner` holds failed: the request stays and nobody takes it before `until`.
+    async fn defer_resync(
+        &self,
+        address: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError>;
+}
+
+/// The sync step's per-mailbox state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailboxCalendar {
+    pub address: String,
+    /// The calendar's own folder id, once GetFolder was asked.
+    pub calendar_folder_id: Option<String>,
+    pub resync_requested_at: Option<OffsetDateTime>,
+    /// When the last resync finished.
+    pub resynced_at: Option<OffsetDateTime>,
+}
+
+/// A resync request taken by [`MailboxStore::take_resyncs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResyncRequest {
+    pub address: String,
+    pub tenant: String,
+    /// Give it back to [`MailboxStore::finish_resync`]: a newer request is not cleared.
+    pub requested_at: OffsetDateTime,
+    pub calendar_folder_id: Option<String>,
 }
 
 /// One mailbox to lease for a Subscribe, with the state and cause it moves to.
@@ -309,8 +373,8 @@ pub struct Lease {
 /// Tenant of mailboxes created without one.
 pub const DEFAULT_TENANT: &str = "default";
 
-/// Longest `last_error` kept.
-const MAX_ERROR_CHARS: usize = 500;
+/// Longest `last_error` kept (of mailboxes, reservations, outbox rows and events).
+pub(crate) const MAX_ERROR_CHARS: usize = 500;
 
 /// What a put does to the stored row: the new row, whether it is new, and the subscription that
 /// becomes unwanted.
@@ -533,7 +597,8 @@ pub(crate) fn apply_finish(
     }
 }
 
-fn truncate(text: &str) -> String {
+/// `text` cut to [`MAX_ERROR_CHARS`], so one runaway message cannot bloat a row.
+pub(crate) fn truncate(text: &str) -> String {
     match text.char_indices().nth(MAX_ERROR_CHARS) {
         Some((at, _)) => format!("{}...", &text[..at]),
         None => text.to_string(),

@@ -1,11 +1,15 @@
-//! The worker's durable state behind one trait, [`EventStore`]: events deduplicated on
-//! (subscription id, watermark), subscription bookkeeping and incidents; SQLite and PostgreSQL
-//! implementations with embedded migrations, and the group committer that batches transactions.
+//! The worker's durable state behind one [`Store`]: events deduplicated on (subscription id,
+//! watermark), subscription bookkeeping and incidents ([`EventStore`]), mailboxes
+//! ([`MailboxStore`]), reservations and their outbox ([`ReservationStore`]) and the sync step's
+//! claims on events ([`EventClaims`]); SQLite and PostgreSQL implementations with embedded
+//! migrations, and the group committer that batches ingest transactions.
 
+pub mod claims;
 mod group_commit;
 pub mod mailboxes;
 mod plan;
 mod postgres;
+pub mod reservations;
 mod sqlite;
 mod timefmt;
 
@@ -19,13 +23,21 @@ use crate::notification::{
     Event, EventKind, Notification, ObjectId, ObjectKind, SubscriptionStatus,
 };
 
+pub use claims::{ClaimedEvents, EventClaims};
 pub use group_commit::{BatchObserver, GroupCommitOptions, GroupCommitter};
 pub use mailboxes::{
-    BeginSubscribe, FinishOutcome, Lease, MailboxRecord, MailboxState, MailboxStore,
-    MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause, SubscribeOutcome,
+    BeginSubscribe, FinishOutcome, Lease, MailboxCalendar, MailboxRecord, MailboxState,
+    MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause, ResyncRequest,
+    SubscribeOutcome,
 };
 pub use plan::{dedupe_key, MAX_KEY_BYTES};
 pub use postgres::PostgresStore;
+pub use reservations::{
+    new_reservation_id, ApplyResult, ChangeSource, ExchangeOutcome, ItemFields, ItemLink,
+    LastChange, NewReservation, OutboxClaim, OutboxRetry, OutboxRow, OutboxState, Reservation,
+    ReservationChange, ReservationCursor, ReservationError, ReservationFilter, ReservationStatus,
+    ReservationStore, ReservationWrite, SyncBacklog, SyncState,
+};
 pub use sqlite::SqliteStore;
 pub use timefmt::{format_utc, parse_utc};
 
@@ -188,6 +200,12 @@ pub struct StoredEvent {
     pub request_id: Option<String>,
     pub state: EventState,
     pub processed_at: Option<OffsetDateTime>,
+    /// Failed processing attempts so far (the sync step parks it after `[sync] max_attempts`).
+    pub attempts: u32,
+    /// The last failure's reason (also of a dead letter).
+    pub last_error: Option<String>,
+    /// After a failed attempt: not before then (the subscription's later events wait too).
+    pub next_attempt_at: Option<OffsetDateTime>,
 }
 
 impl StoredEvent {
@@ -326,11 +344,12 @@ pub trait EventStore: Send + Sync {
     ) -> Result<u64, StoreError>;
 }
 
-/// All of the worker's storage: events and subscriptions ([`EventStore`]) and mailboxes
-/// ([`MailboxStore`]), one database behind both.
-pub trait Store: EventStore + MailboxStore {}
+/// All of the worker's storage, one database behind every part: events and subscriptions
+/// ([`EventStore`]), mailboxes ([`MailboxStore`]), reservations and their outbox
+/// ([`ReservationStore`]) and the sync step's claims on events ([`EventClaims`]).
+pub trait Store: EventStore + MailboxStore + ReservationStore + EventClaims {}
 
-impl<T: EventStore + MailboxStore + ?Sized> Store for T {}
+impl<T: EventStore + MailboxStore + ReservationStore + EventClaims + ?Sized> Store for T {}
 
 /// Opens the store `database_url` names (`sqlite://PATH` or `postgres://...`) and runs its
 /// migrations.
@@ -387,6 +406,41 @@ fn mailbox_state_column(value: &str) -> Result<MailboxState, StoreError> {
 fn renew_cause_column(value: &str) -> Result<RenewCause, StoreError> {
     RenewCause::parse(value).ok_or_else(|| StoreError::Corrupt {
         column: "renew_cause",
+        value: value.to_string(),
+    })
+}
+
+fn reservation_status_column(value: &str) -> Result<ReservationStatus, StoreError> {
+    ReservationStatus::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "reservations.status",
+        value: value.to_string(),
+    })
+}
+
+fn change_source_column(value: &str) -> Result<ChangeSource, StoreError> {
+    ChangeSource::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "reservations.source",
+        value: value.to_string(),
+    })
+}
+
+fn last_change_column(value: &str) -> Result<LastChange, StoreError> {
+    LastChange::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "reservations.last_change",
+        value: value.to_string(),
+    })
+}
+
+fn sync_state_column(value: &str) -> Result<SyncState, StoreError> {
+    SyncState::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "reservations.sync_state",
+        value: value.to_string(),
+    })
+}
+
+fn outbox_state_column(value: &str) -> Result<OutboxState, StoreError> {
+    OutboxState::parse(value).ok_or_else(|| StoreError::Corrupt {
+        column: "outbox.state",
         value: value.to_string(),
     })
 }

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "mailboxes",
         include_str!("../../migrations/postgres/0002_mailboxes.sql"),
     ),
+    (
+        3,
+        "reservations",
+        include_str!("../../migrations/postgres/0003_reservations.sql"),
+    ),
 ];
 
 /// Key of the advisory lock taken while migrating ("pushgate" in ASCII, truncated).
@@ -59,8 +64,10 @@ macro_rules! utc_text {
     };
 }
 
-// After `utc_text!`, which it uses (macros are in scope from their definition on).
+// After `utc_text!`, which they use (macros are in scope from their definition on).
+mod claims;
 mod mailboxes;
+mod reservations;
 
 const SUBSCRIPTION_SELECT: &str = concat!(
     "SELECT subscription_id, tenant, last_watermark, ",
@@ -78,6 +85,8 @@ const EVENT_SELECT: &str = concat!(
     utc_text!("received_at"),
     ", request_id, state, ",
     utc_text!("processed_at"),
+    ", attempts, last_error, ",
+    utc_text!("next_attempt_at"),
     " FROM notification_events"
 );
 
@@ -259,6 +268,8 @@ fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
     let received_at: String = column(row, 20)?;
     let state: String = column(row, 22)?;
     let processed_at: Option<String> = column(row, 23)?;
+    let attempts: i32 = column(row, 24)?;
+    let next_attempt_at: Option<String> = column(row, 26)?;
     Ok(StoredEvent {
         id: column(row, 0)?,
         tenant: column(row, 1)?,
@@ -298,6 +309,9 @@ fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
         request_id: column(row, 21)?,
         state: event_state_column(&state)?,
         processed_at: processed_at.as_deref().map(parse_utc).transpose()?,
+        attempts: u32::try_from(attempts).unwrap_or(0),
+        last_error: column(row, 25)?,
+        next_attempt_at: next_attempt_at.as_deref().map(parse_utc).transpose()?,
     })
 }
 

@@ -22,7 +22,9 @@ use super::{
 use crate::config::UnknownSubscriptions;
 use crate::notification::ObjectKind;
 
+mod claims;
 mod mailboxes;
+mod reservations;
 
 /// Embedded migrations, applied in order at open.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -35,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "mailboxes",
         include_str!("../../migrations/sqlite/0002_mailboxes.sql"),
+    ),
+    (
+        3,
+        "reservations",
+        include_str!("../../migrations/sqlite/0003_reservations.sql"),
     ),
 ];
 
@@ -525,7 +532,7 @@ const EVENT_COLUMNS: &str =
     position, kind, object_kind, object_id, object_change_key, parent_folder_id,
     parent_folder_change_key, old_object_kind, old_object_id, old_object_change_key,
     old_parent_folder_id, old_parent_folder_change_key, unread_count, event_time, received_at,
-    request_id, state, processed_at";
+    request_id, state, processed_at, attempts, last_error, next_attempt_at";
 
 /// The raw columns of one event row, in `EVENT_COLUMNS` order.
 struct EventColumns {
@@ -553,6 +560,9 @@ struct EventColumns {
     request_id: Option<String>,
     state: String,
     processed_at: Option<String>,
+    attempts: i64,
+    last_error: Option<String>,
+    next_attempt_at: Option<String>,
 }
 
 fn event_columns(row: &Row<'_>) -> rusqlite::Result<EventColumns> {
@@ -581,6 +591,9 @@ fn event_columns(row: &Row<'_>) -> rusqlite::Result<EventColumns> {
         request_id: row.get(21)?,
         state: row.get(22)?,
         processed_at: row.get(23)?,
+        attempts: row.get(24)?,
+        last_error: row.get(25)?,
+        next_attempt_at: row.get(26)?,
     })
 }
 
@@ -624,6 +637,9 @@ fn stored_event(c: EventColumns) -> Result<StoredEvent, StoreError> {
         request_id: c.request_id,
         state: event_state_column(&c.state)?,
         processed_at: c.processed_at.as_deref().map(parse_utc).transpose()?,
+        attempts: u32::try_from(c.attempts).unwrap_or(0),
+        last_error: c.last_error,
+        next_attempt_at: c.next_attempt_at.as_deref().map(parse_utc).transpose()?,
     })
 }
 

@@ -30,7 +30,6 @@ pub fn parse_utc(text: &str) -> Result<OffsetDateTime, StoreError> {
 }
 
 /// Truncates to what the databases keep, so values read back compare equal.
-#[cfg(test)]
 pub(crate) fn to_micros(t: OffsetDateTime) -> OffsetDateTime {
     let nanos = t.nanosecond();
     t.replace_nanosecond(nanos - nanos % 1_000).unwrap_or(t)

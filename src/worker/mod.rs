@@ -220,6 +220,8 @@ pub async fn start_with_subscriber(
         token: api_token,
         store: store.clone(),
         manager: manager.clone(),
+        // The sync step's outbox loop fills this in when it runs.
+        outbox_wake: None,
     });
 
     let app = api::router(api_state).merge(

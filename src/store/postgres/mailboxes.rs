@@ -8,9 +8,9 @@ use tokio_postgres::{Row, Transaction};
 
 use super::{column, pg_error, subscription_record_at, PostgresStore};
 use crate::store::mailboxes::{
-    apply_begin, apply_finish, apply_put, BeginSubscribe, FinishOutcome, Lease, MailboxRecord,
-    MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
-    SubscribeOutcome, RETIRED_REASON,
+    apply_begin, apply_finish, apply_put, BeginSubscribe, FinishOutcome, Lease, MailboxCalendar,
+    MailboxRecord, MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
+    ResyncRequest, SubscribeOutcome, RETIRED_REASON,
 };
 use crate::store::timefmt::{format_utc, parse_utc};
 use crate::store::{StoreError, SubscriptionRecord};
@@ -193,11 +193,11 @@ async fn upsert_subscription(
     .map_err(|e| pg_error("storing a subscription", e))
 }
 
-fn begin_error(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn begin_error(e: tokio_postgres::Error) -> StoreError {
     pg_error("opening a transaction", e)
 }
 
-fn commit_error(e: tokio_postgres::Error) -> StoreError {
+pub(super) fn commit_error(e: tokio_postgres::Error) -> StoreError {
     pg_error("committing", e)
 }
 
@@ -496,6 +496,182 @@ impl MailboxStore for PostgresStore {
                     by_state,
                     oldest_heard_at: instant(&row, 0)?,
                 })
+            })
+        })
+        .await
+    }
+
+    async fn mailbox_calendar(&self, address: &str) -> Result<Option<MailboxCalendar>, StoreError> {
+        let address = address.to_string();
+        self.with_aux(|c| {
+            Box::pin(async move {
+                let row = c
+                    .client
+                    .query_opt(
+                        concat!(
+                            "SELECT address, calendar_folder_id, ",
+                            utc_text!("resync_requested_at"),
+                            ", ",
+                            utc_text!("resynced_at"),
+                            " FROM mailboxes WHERE address = $1"
+                        ),
+                        &[&address],
+                    )
+                    .await
+                    .map_err(|e| pg_error("reading a mailbox's calendar state", e))?;
+                row.map(|row| {
+                    Ok(MailboxCalendar {
+                        address: column(&row, 0)?,
+                        calendar_folder_id: column(&row, 1)?,
+                        resync_requested_at: instant(&row, 2)?,
+                        resynced_at: instant(&row, 3)?,
+                    })
+                })
+                .transpose()
+            })
+        })
+        .await
+    }
+
+    async fn set_calendar_folder_id(
+        &self,
+        address: &str,
+        folder_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (address, folder_id) = (address.to_string(), folder_id.to_string());
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "UPDATE mailboxes SET calendar_folder_id = $2 WHERE address = $1",
+                        &[&address, &folder_id],
+                    )
+                    .await
+                    .map(|changed| changed > 0)
+                    .map_err(|e| pg_error("storing a calendar folder id", e))
+            })
+        })
+        .await
+    }
+
+    async fn request_resync(&self, address: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let (address, now) = (address.to_string(), format_utc(now));
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "UPDATE mailboxes SET resync_requested_at = $2::text::timestamptz
+                         WHERE address = $1",
+                        &[&address, &now],
+                    )
+                    .await
+                    .map(|changed| changed > 0)
+                    .map_err(|e| pg_error("requesting a resync", e))
+            })
+        })
+        .await
+    }
+
+    async fn take_resyncs(
+        &self,
+        now: OffsetDateTime,
+        lease: &Lease,
+        limit: usize,
+    ) -> Result<Vec<ResyncRequest>, StoreError> {
+        let (now, lease) = (format_utc(now), lease.clone());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_aux(|c| {
+            Box::pin(async move {
+                let context = |e| pg_error("taking resync requests", e);
+                let tx = c.client.transaction().await.map_err(begin_error)?;
+                // SKIP LOCKED: a request another replica is taking is left to it; one taken and
+                // committed meanwhile fails the re-checked resync_until and is skipped too.
+                let rows = tx
+                    .query(
+                        concat!(
+                            "SELECT address, tenant, ",
+                            utc_text!("resync_requested_at"),
+                            ", calendar_folder_id FROM mailboxes
+                             WHERE resync_requested_at IS NOT NULL AND sync AND state = 'active'
+                               AND (resync_until IS NULL OR resync_until <= $1::text::timestamptz)
+                             ORDER BY resync_requested_at LIMIT $2
+                             FOR UPDATE SKIP LOCKED"
+                        ),
+                        &[&now, &limit],
+                    )
+                    .await
+                    .map_err(context)?;
+                let mut taken = Vec::with_capacity(rows.len());
+                for row in &rows {
+                    let requested_at: String = column(row, 2)?;
+                    taken.push(ResyncRequest {
+                        address: column(row, 0)?,
+                        tenant: column(row, 1)?,
+                        requested_at: parse_utc(&requested_at)?,
+                        calendar_folder_id: column(row, 3)?,
+                    });
+                }
+                let addresses: Vec<&str> = taken.iter().map(|t| t.address.as_str()).collect();
+                tx.execute(
+                    "UPDATE mailboxes SET resync_owner = $2, resync_until = $3::text::timestamptz
+                     WHERE address = ANY($1::text[])",
+                    &[&addresses, &lease.owner, &format_utc(lease.until)],
+                )
+                .await
+                .map_err(context)?;
+                tx.commit().await.map_err(commit_error)?;
+                Ok(taken)
+            })
+        })
+        .await
+    }
+
+    async fn finish_resync(
+        &self,
+        address: &str,
+        requested_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let address = address.to_string();
+        let (requested_at, now) = (format_utc(requested_at), format_utc(now));
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "UPDATE mailboxes SET resync_requested_at = CASE
+                                 WHEN resync_requested_at <= $2::text::timestamptz THEN NULL
+                                 ELSE resync_requested_at END,
+                             resynced_at = $3::text::timestamptz,
+                             resync_owner = NULL, resync_until = NULL
+                         WHERE address = $1",
+                        &[&address, &requested_at, &now],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| pg_error("finishing a resync", e))
+            })
+        })
+        .await
+    }
+
+    async fn defer_resync(
+        &self,
+        address: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let (address, owner, until) = (address.to_string(), owner.to_string(), format_utc(until));
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "UPDATE mailboxes SET resync_until = $3::text::timestamptz
+                         WHERE address = $1 AND resync_owner = $2",
+                        &[&address, &owner, &until],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| pg_error("deferring a resync", e))
             })
         })
         .await

@@ -7,9 +7,9 @@ use time::OffsetDateTime;
 
 use super::{sqlite_error, subscription_columns_at, subscription_record, SqliteStore};
 use crate::store::mailboxes::{
-    apply_begin, apply_finish, apply_put, BeginSubscribe, FinishOutcome, Lease, MailboxRecord,
-    MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
-    SubscribeOutcome, RETIRED_REASON,
+    apply_begin, apply_finish, apply_put, BeginSubscribe, FinishOutcome, Lease, MailboxCalendar,
+    MailboxRecord, MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
+    ResyncRequest, SubscribeOutcome, RETIRED_REASON,
 };
 use crate::store::timefmt::{format_utc, parse_utc};
 use crate::store::{StoreError, SubscriptionRecord};
@@ -203,7 +203,7 @@ fn load_record(tx: &Transaction<'_>, address: &str) -> Result<Option<MailboxReco
 }
 
 /// Runs `work` in one IMMEDIATE transaction on the writer and commits it.
-fn in_transaction<R>(
+pub(super) fn in_transaction<R>(
     connection: &mut Connection,
     what: &str,
     work: impl FnOnce(&Transaction<'_>) -> Result<R, StoreError>,
@@ -469,6 +469,162 @@ impl MailboxStore for SqliteStore {
                     by_state,
                     oldest_heard_at: instant(oldest)?,
                 })
+            })
+            .await
+    }
+
+    async fn mailbox_calendar(&self, address: &str) -> Result<Option<MailboxCalendar>, StoreError> {
+        let address = address.to_string();
+        self.reader
+            .call(move |connection| {
+                let row: Option<(String, Option<String>, Option<String>, Option<String>)> =
+                    connection
+                        .query_row(
+                            "SELECT address, calendar_folder_id, resync_requested_at, resynced_at
+                             FROM mailboxes WHERE address = ?1",
+                            [&address],
+                            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+                        )
+                        .optional()
+                        .map_err(|e| sqlite_error("reading a mailbox's calendar state", e))?;
+                row.map(|(address, folder, requested, resynced)| {
+                    Ok(MailboxCalendar {
+                        address,
+                        calendar_folder_id: folder,
+                        resync_requested_at: instant(requested)?,
+                        resynced_at: instant(resynced)?,
+                    })
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn set_calendar_folder_id(
+        &self,
+        address: &str,
+        folder_id: &str,
+    ) -> Result<bool, StoreError> {
+        let (address, folder_id) = (address.to_string(), folder_id.to_string());
+        self.writer
+            .call(move |connection| {
+                connection
+                    .execute(
+                        "UPDATE mailboxes SET calendar_folder_id = ?2 WHERE address = ?1",
+                        params![address, folder_id],
+                    )
+                    .map(|changed| changed > 0)
+                    .map_err(|e| sqlite_error("storing a calendar folder id", e))
+            })
+            .await
+    }
+
+    async fn request_resync(&self, address: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let address = address.to_string();
+        self.writer
+            .call(move |connection| {
+                connection
+                    .execute(
+                        "UPDATE mailboxes SET resync_requested_at = ?2 WHERE address = ?1",
+                        params![address, format_utc(now)],
+                    )
+                    .map(|changed| changed > 0)
+                    .map_err(|e| sqlite_error("requesting a resync", e))
+            })
+            .await
+    }
+
+    async fn take_resyncs(
+        &self,
+        now: OffsetDateTime,
+        lease: &Lease,
+        limit: usize,
+    ) -> Result<Vec<ResyncRequest>, StoreError> {
+        let lease = lease.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.writer
+            .call(move |connection| {
+                in_transaction(connection, "taking resync requests", |tx| {
+                    let context = |e| sqlite_error("taking resync requests", e);
+                    let rows: Vec<(String, String, String, Option<String>)> = tx
+                        .prepare_cached(
+                            "SELECT address, tenant, resync_requested_at, calendar_folder_id
+                             FROM mailboxes
+                             WHERE resync_requested_at IS NOT NULL AND sync = 1
+                               AND state = 'active'
+                               AND (resync_until IS NULL OR resync_until <= ?1)
+                             ORDER BY resync_requested_at LIMIT ?2",
+                        )
+                        .and_then(|mut statement| {
+                            statement
+                                .query_map(params![format_utc(now), limit], |row| {
+                                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                                })?
+                                .collect::<Result<_, _>>()
+                        })
+                        .map_err(context)?;
+                    let mut taken = Vec::with_capacity(rows.len());
+                    for (address, tenant, requested_at, calendar_folder_id) in rows {
+                        tx.execute(
+                            "UPDATE mailboxes SET resync_owner = ?2, resync_until = ?3
+                             WHERE address = ?1",
+                            params![address, lease.owner, format_utc(lease.until)],
+                        )
+                        .map_err(context)?;
+                        taken.push(ResyncRequest {
+                            address,
+                            tenant,
+                            requested_at: parse_utc(&requested_at)?,
+                            calendar_folder_id,
+                        });
+                    }
+                    Ok(taken)
+                })
+            })
+            .await
+    }
+
+    async fn finish_resync(
+        &self,
+        address: &str,
+        requested_at: OffsetDateTime,
+        now: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let address = address.to_string();
+        self.writer
+            .call(move |connection| {
+                connection
+                    .execute(
+                        "UPDATE mailboxes SET resync_requested_at = CASE
+                                 WHEN resync_requested_at <= ?2 THEN NULL
+                                 ELSE resync_requested_at END,
+                             resynced_at = ?3, resync_owner = NULL, resync_until = NULL
+                         WHERE address = ?1",
+                        params![address, format_utc(requested_at), format_utc(now)],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| sqlite_error("finishing a resync", e))
+            })
+            .await
+    }
+
+    async fn defer_resync(
+        &self,
+        address: &str,
+        owner: &str,
+        until: OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let (address, owner) = (address.to_string(), owner.to_string());
+        self.writer
+            .call(move |connection| {
+                connection
+                    .execute(
+                        "UPDATE mailboxes SET resync_until = ?3
+                         WHERE address = ?1 AND resync_owner = ?2",
+                        params![address, owner, format_utc(until)],
+                    )
+                    .map(|_| ())
+                    .map_err(|e| sqlite_error("deferring a resync", e))
             })
             .await
     }

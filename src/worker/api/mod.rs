@@ -1,9 +1,10 @@
-//! The worker's REST API (`/api/v1/...`) for the booking service and operators: its own bearer
-//! token (never the gateway's), JSON in and out, one error shape
-//! (`{"error", "field", "message"}`), cursor pagination. Handlers are glue over the pure request
-//! rules of each resource and the store.
+//! The worker's REST API (`/api/v1/...`) for the booking service and operators: mailboxes and
+//! reservations behind its own bearer token (never the gateway's), JSON in and out, one error
+//! shape (`{"error", "field", "message"}`), cursor pagination. Handlers are glue over the pure
+//! request rules of each resource and the store.
 
 mod mailboxes;
+mod reservations;
 mod wire;
 
 use std::sync::Arc;
@@ -12,13 +13,14 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 
 use super::rules::BearerToken;
 use crate::store::Store;
 use crate::subscriptions::SubscriptionManager;
 pub use mailboxes::{mailbox_address, mailbox_json};
+pub use reservations::reservation_json;
 pub use wire::{utc, ApiError};
 
 /// What the handlers share.
@@ -28,6 +30,9 @@ pub(crate) struct ApiState {
     pub store: Arc<dyn Store>,
     /// Woken when a mailbox is switched on, so its Subscribe starts at once.
     pub manager: Option<SubscriptionManager>,
+    /// Woken when a web change queued a calendar write, so the sync step's outbox loop writes it
+    /// at once instead of at its next poll. `None` while no such loop runs.
+    pub outbox_wake: Option<Arc<tokio::sync::Notify>>,
 }
 
 /// The routes under `/api`, behind the API token.
@@ -43,6 +48,22 @@ pub(crate) fn router(state: Arc<ApiState>) -> Router {
                 .put(mailboxes::put)
                 .delete(mailboxes::delete)
                 .fallback(wire::method_not_allowed),
+        )
+        .route(
+            "/api/v1/reservations",
+            get(reservations::list)
+                .post(reservations::create)
+                .fallback(wire::method_not_allowed),
+        )
+        .route(
+            "/api/v1/reservations/{id}",
+            get(reservations::get)
+                .patch(reservations::change)
+                .fallback(wire::method_not_allowed),
+        )
+        .route(
+            "/api/v1/reservations/{id}/cancel",
+            post(reservations::cancel).fallback(wire::method_not_allowed),
         )
         // Only `/api/v1` is the API's: the notification path `/api/webhooks/exchange` lives
         // beside it and belongs to ingest (and the gateway's token).
