@@ -136,14 +136,31 @@ pub struct ValidatorConfig {
 
 impl Default for ValidatorConfig {
     fn default() -> Self {
+        let limits = crate::notification::Limits::default();
         Self {
-            max_depth: 32,
-            max_name_bytes: 256,
-            max_attribute_bytes: 8192,
-            max_attributes: 32,
-            max_text_bytes: 16384,
-            max_events: 512,
-            max_response_messages: 64,
+            max_depth: limits.max_depth,
+            max_name_bytes: limits.max_name_bytes,
+            max_attribute_bytes: limits.max_attribute_bytes,
+            max_attributes: limits.max_attributes,
+            max_text_bytes: limits.max_text_bytes,
+            max_events: limits.max_events,
+            max_response_messages: limits.max_response_messages,
+        }
+    }
+}
+
+/// The validator's own type, from `[validator]` (configuration becomes each part's types here, at
+/// the edge).
+impl From<&ValidatorConfig> for crate::notification::Limits {
+    fn from(c: &ValidatorConfig) -> Self {
+        crate::notification::Limits {
+            max_depth: c.max_depth,
+            max_name_bytes: c.max_name_bytes,
+            max_attribute_bytes: c.max_attribute_bytes,
+            max_attributes: c.max_attributes,
+            max_text_bytes: c.max_text_bytes,
+            max_events: c.max_events,
+            max_response_messages: c.max_response_messages,
         }
     }
 }
@@ -207,6 +224,15 @@ pub enum UnknownSubscriptions {
     Accept,
     /// Answer `Unsubscribe` to subscriptions the worker does not know.
     Unsubscribe,
+}
+
+impl From<UnknownSubscriptions> for crate::store::UnknownSubscriptions {
+    fn from(policy: UnknownSubscriptions) -> Self {
+        match policy {
+            UnknownSubscriptions::Accept => crate::store::UnknownSubscriptions::Accept,
+            UnknownSubscriptions::Unsubscribe => crate::store::UnknownSubscriptions::Unsubscribe,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate::config::UnknownSubscriptions;
 use pushgate::notification::{EventKind, SubscriptionStatus};
+use pushgate::store::UnknownSubscriptions;
 use pushgate::store::{
     self, EventState, FinishOutcome, GroupCommitOptions, GroupCommitter, IncidentKind,
     IngestResult, Lease, MailboxState, PutMailbox, RenewCause, StoreError, SubscribeOutcome,

@@ -61,21 +61,17 @@ pub struct Limits {
 }
 
 impl Default for Limits {
+    /// Far above anything Exchange sends (depth 9, names under 40 bytes, ids under 200 bytes,
+    /// 50 events); `[validator]` in the configuration starts from these.
     fn default() -> Self {
-        Limits::from(&crate::config::ValidatorConfig::default())
-    }
-}
-
-impl From<&crate::config::ValidatorConfig> for Limits {
-    fn from(c: &crate::config::ValidatorConfig) -> Self {
         Limits {
-            max_depth: c.max_depth,
-            max_name_bytes: c.max_name_bytes,
-            max_attribute_bytes: c.max_attribute_bytes,
-            max_attributes: c.max_attributes,
-            max_text_bytes: c.max_text_bytes,
-            max_events: c.max_events,
-            max_response_messages: c.max_response_messages,
+            max_depth: 32,
+            max_name_bytes: 256,
+            max_attribute_bytes: 8192,
+            max_attributes: 32,
+            max_text_bytes: 16384,
+            max_events: 512,
+            max_response_messages: 64,
         }
     }
 }

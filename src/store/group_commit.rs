@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::UnknownSubscriptions;
 use super::{EventStore, IngestOutcome, IngestRequest, StoreError};
-use crate::config::UnknownSubscriptions;
 
 /// Tuning of the committer (from `[worker]`).
 #[derive(Debug, Clone, Copy)]

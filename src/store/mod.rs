@@ -18,7 +18,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
-use crate::config::UnknownSubscriptions;
 use crate::notification::{
     Event, EventKind, Notification, ObjectId, ObjectKind, SubscriptionStatus,
 };
@@ -50,6 +49,15 @@ pub struct IngestRequest {
     pub request_id: Option<String>,
     pub received_at: OffsetDateTime,
     pub notification: Notification,
+}
+
+/// What the store does with a notification for a subscription id it has no row for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UnknownSubscriptions {
+    /// Register the subscription and store its events (another system subscribes).
+    Accept,
+    /// Store nothing; the answer is `Unsubscribe`.
+    Unsubscribe,
 }
 
 /// What storing one notification did, and the answer Exchange gets for it.

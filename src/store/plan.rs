@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::timefmt::format_utc;
+use super::UnknownSubscriptions;
 use super::{
     IncidentKind, IngestOutcome, IngestRequest, IngestResult, SubscriptionRecord, SubscriptionState,
 };
-use crate::config::UnknownSubscriptions;
 use crate::notification::{Event, ObjectId, ResponseClass, ResponseMessage, SubscriptionStatus};
 
 /// Longest subscription id or watermark the worker stores. Exchange's are under 200 bytes; the

@@ -14,12 +14,12 @@ use time::OffsetDateTime;
 
 use super::plan::{self, EventRow, IncidentRow};
 use super::timefmt::{format_utc, parse_utc};
+use super::UnknownSubscriptions;
 use super::{
     event_kind_column, event_state_column, incident_kind_column, object_id_columns,
     subscription_state_column, EventState, EventStore, IngestOutcome, IngestRequest, StoreError,
     StoredEvent, SubscriptionIncident, SubscriptionRecord, SubscriptionState,
 };
-use crate::config::UnknownSubscriptions;
 use crate::notification::ObjectKind;
 
 mod claims;

@@ -168,7 +168,7 @@ pub async fn start_with_subscriber(
         GroupCommitOptions {
             wait: worker.group_commit_wait,
             max: worker.group_commit_max,
-            unknown: worker.unknown_subscriptions,
+            unknown: worker.unknown_subscriptions.into(),
         },
         Some(metrics.clone()),
     );
