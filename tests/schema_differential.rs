@@ -5,6 +5,8 @@
 //! missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
+mod skip;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,15 +45,6 @@ impl Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
-}
-
-fn schema_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PUSHGATE_EWS_SCHEMA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/ews-schema"));
-    dir.join("send-notification-envelope.xsd")
-        .is_file()
-        .then_some(dir)
 }
 
 /// One element of a seed document, by byte ranges.
@@ -1010,12 +1003,10 @@ fn only_missing_notification(messages: &[String]) -> bool {
 
 #[test]
 fn pushgate_agrees_with_xmllint_on_mutations() {
-    let Some(schema_dir) = schema_dir() else {
-        eprintln!("SKIP schema_differential: no EWS schema (set PUSHGATE_EWS_SCHEMA_DIR or provide ../shared/ews-schema)");
+    let Some(schema_dir) = skip::ews_schema(&["send-notification-envelope.xsd"]) else {
         return;
     };
-    if Command::new("xmllint").arg("--version").output().is_err() {
-        eprintln!("SKIP schema_differential: xmllint not installed (Debian: libxml2-utils)");
+    if !skip::xmllint() {
         return;
     }
     let schema = schema_dir.join("send-notification-envelope.xsd");
