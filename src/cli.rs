@@ -64,6 +64,9 @@ pub enum Command {
         #[arg(long)]
         keep: bool,
     },
+    /// Run the Exchange simulator (EWS, push delivery, OAuth, JSON control API) on loopback
+    /// until SIGINT or SIGTERM.
+    Simulate(Box<crate::exchange_sim::simulate::SimulateArgs>),
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +267,10 @@ pub fn main() -> ExitCode {
             exit_on_error(crate::worker::admin::run(&config, command))
         }
         Command::Demo { keep } => exit_on_error(crate::demo::run(keep)),
+        Command::Simulate(args) => exit_on_error(crate::exchange_sim::simulate::run(
+            *args,
+            crate::telemetry::wait_for_shutdown_signal,
+        )),
     }
 }
 

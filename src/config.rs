@@ -755,13 +755,14 @@ impl Config {
                 "must be at least 1 per second",
             ));
         }
+
+        self.ews.check()?;
         // A worker that subscribes must be able to tell Exchange where to post.
+        let s = &self.subscriptions;
         if self.ews.is_enabled() || !s.endpoint_url.is_empty() || !s.idp_root_url.is_empty() {
             crate::subscriptions::CallbackUrl::from_config(s)
                 .map_err(|e| ConfigError::key(e.key, e.problem))?;
         }
-
-        self.ews.check()?;
 
         if !["json", "text"].contains(&self.log.format.as_str()) {
             return Err(ConfigError::key("log.format", "must be json or text"));
@@ -983,6 +984,13 @@ mod tests {
         let oauth = format!(
             "{url}token_url = \"https://login.microsoftonline.com/t/oauth2/v2.0/token\"\nclient_id = \"app\"\nclient_secret_file = \"secret\"\n"
         );
+        let err = Config::from_toml_str(&oauth).unwrap_err().to_string();
+        assert!(
+            err.contains("`subscriptions.idp_root_url`"),
+            "a callback URL is needed: {err}"
+        );
+        let oauth =
+            format!("{oauth}[subscriptions]\nidp_root_url = \"https://push.contoso.com\"\n");
         let config = Config::from_toml_str(&oauth).unwrap();
         assert!(config.ews.is_enabled());
         assert_eq!(config.ews.scope, EWS_DEFAULT_SCOPE);
@@ -1000,7 +1008,10 @@ mod tests {
             err.contains("`ews.url`") && err.contains("allow_http"),
             "{err}"
         );
-        Config::from_toml_str(&format!("{plain}allow_http = true\n")).unwrap();
+        Config::from_toml_str(&format!(
+            "{plain}allow_http = true\n[subscriptions]\nidp_root_url = \"https://push.contoso.com\"\n"
+        ))
+        .unwrap();
 
         let err = Config::from_toml_str("[ews]\nserver_version = \"Exchange2099\"\n")
             .unwrap_err()
@@ -1025,10 +1036,50 @@ mod tests {
             jail.set_env("PUSHGATE__EWS__TOKEN_FILE", "/run/secrets/ews");
             jail.set_env("PUSHGATE__EWS__ALLOW_HTTP", "true");
             jail.set_env("PUSHGATE__EWS__TIMEOUT", "5s");
+            jail.set_env("IdpRootUrl", "https://push.contoso.com");
             let config = Config::load(None).map_err(|e| e.to_string())?;
             assert_eq!(config.ews.auth, EwsAuth::Bearer);
             assert!(config.ews.allow_http);
             assert_eq!(config.ews.timeout, Duration::from_secs(5));
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
+    fn the_products_environment_names_win() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "p.toml",
+                "[subscriptions]\nendpoint_url = \"https://file.contoso.com/x\"\n",
+            )?;
+            jail.set_env(
+                "PUSHGATE__SUBSCRIPTIONS__IDP_ROOT_URL",
+                "https://prefixed.contoso.com",
+            );
+            jail.set_env("IdpRootUrl", "https://product.contoso.com");
+            jail.set_env("ExchangePushNotificationEndpointUrl", "");
+            jail.set_env("ExchangePushNotificationUseLegacyEndpoint", "True");
+            let config = Config::load(Some(Path::new("p.toml"))).map_err(|e| e.to_string())?;
+            let s = &config.subscriptions;
+            assert_eq!(s.idp_root_url, "https://product.contoso.com");
+            assert_eq!(
+                s.endpoint_url, "",
+                "an empty product variable clears the file's value"
+            );
+            assert!(s.use_legacy_endpoint);
+            let url = crate::subscriptions::CallbackUrl::from_config(s).unwrap();
+            assert_eq!(
+                url.for_tenant("Default"),
+                "https://product.contoso.com/Webservices/SyncNotification.svc?Default"
+            );
+            jail.set_env("ExchangePushNotificationUseLegacyEndpoint", "perhaps");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(
+                err.contains("subscriptions.use_legacy_endpoint")
+                    && err.contains("ExchangePushNotificationUseLegacyEndpoint"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -13,6 +14,7 @@ use pushgate::exchange_sim::client::{
     self, notification_request, Target, SEND_NOTIFICATION_ACTION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Semaphore;
 
 fn post_head(length: usize) -> String {
     format!(
@@ -158,6 +160,7 @@ async fn slowloris_head_is_cut_off() {
         1.0,
     )
     .await;
+    h.access_log_with(r#""reason":"header_timeout""#).await;
     h.upstream.assert_untouched("slowloris");
     h.stop().await;
 }
@@ -254,6 +257,210 @@ async fn request_smuggling_shapes_are_refused() {
         h.upstream.assert_untouched(what);
         h.stop().await;
     }
+}
+
+/// When the client's extra bytes leave, relative to its request.
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    /// In the same write as the request.
+    SameWrite,
+    /// A few milliseconds after the request (0 to 3 ms, varied by iteration).
+    Later(u64),
+    /// Once the worker has the request and before it answers.
+    WhileTheWorkerAnswers,
+}
+
+/// Extra bytes a client may send after a complete notification on its one-request connection.
+fn extras() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("trailing CRLF", b"\r\n".to_vec()),
+        ("one stray byte", b"x".to_vec()),
+        (
+            "pipelined notification",
+            notification_request(
+                "/api/webhooks/exchange",
+                "localhost",
+                &fixture("created-calendar-item.xml"),
+            ),
+        ),
+        (
+            "pipelined health check",
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
+    ]
+}
+
+/// Bytes of a recorded request as written on the wire (request line, fields, empty line, body).
+fn wire_size(request: &Recorded) -> usize {
+    let line = format!(
+        "{} {} HTTP/1.{}\r\n",
+        request.method, request.target, request.version
+    );
+    let fields: usize = request
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + 2 + value.len() + 2)
+        .sum();
+    line.len() + fields + 2 + request.body.len()
+}
+
+async fn send_with_extra(
+    h: &Harness,
+    request: &[u8],
+    extra: &[u8],
+    timing: Timing,
+    gate: &Semaphore,
+    forwarded_before: usize,
+) -> client::RawResponse {
+    let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+    match timing {
+        Timing::SameWrite => {
+            gate.add_permits(1);
+            let mut bytes = request.to_vec();
+            bytes.extend_from_slice(extra);
+            stream.write_all(&bytes).await.unwrap();
+        }
+        Timing::Later(ms) => {
+            gate.add_permits(1);
+            stream.write_all(request).await.unwrap();
+            stream.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            // The gateway may already have answered and closed: that is fine.
+            let _ = stream.write_all(extra).await;
+            let _ = stream.flush().await;
+        }
+        Timing::WhileTheWorkerAnswers => {
+            stream.write_all(request).await.unwrap();
+            stream.flush().await.unwrap();
+            h.upstream.wait_for_requests(forwarded_before + 1).await;
+            stream.write_all(extra).await.unwrap();
+            stream.flush().await.unwrap();
+            gate.add_permits(1);
+        }
+    }
+    tokio::time::timeout(TIMEOUT, client::read_response(&mut stream))
+        .await
+        .expect("answer in time")
+        .expect("an answer")
+}
+
+/// Bytes after the declared body are not part of the request: whenever they arrive, the
+/// notification is forwarded once, exactly as checked, and answered with the worker's answer; the
+/// extra bytes never reach the worker, and the log and metrics say "forwarded".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_the_body_never_change_what_the_worker_and_the_log_see() {
+    const ROUNDS: u64 = 6;
+    let h = Harness::start().await;
+    let gate = Arc::new(Semaphore::new(0));
+    h.upstream.set_behaviour(Behaviour::Hold(gate.clone()));
+    let body = fixture("status-event.xml");
+    let request = notification_request(LEGACY_PATH, "localhost", &body);
+    let mut sent = 0usize;
+    let mut forwarded_bytes = 0usize;
+    for round in 0..ROUNDS {
+        for (what, extra) in extras() {
+            for timing in [
+                Timing::SameWrite,
+                Timing::Later(round % 4),
+                Timing::WhileTheWorkerAnswers,
+            ] {
+                let case = format!("{what}, {timing:?}, round {round}");
+                let response = send_with_extra(&h, &request, &extra, timing, &gate, sent).await;
+                sent += 1;
+                assert_eq!(response.status, 200, "{case}");
+                assert_eq!(response.body, ok_envelope(), "{case}: the worker's answer");
+                let seen = h.upstream.requests();
+                assert_eq!(seen.len(), sent, "{case}: forwarded exactly once");
+                let last = &seen[sent - 1];
+                assert_eq!(last.target, LEGACY_PATH, "{case}");
+                assert_eq!(
+                    last.body, body,
+                    "{case}: the body as declared, nothing more"
+                );
+                // Every byte the upstream read is accounted for by the requests it recorded: no
+                // extra byte reached it on any connection.
+                forwarded_bytes += wire_size(last);
+                assert_eq!(
+                    h.upstream.bytes(),
+                    forwarded_bytes,
+                    "{case}: bytes reached the upstream beyond the request"
+                );
+            }
+        }
+    }
+    let total = sent as f64;
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="forwarded",reason="ok"}"#,
+        total,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pushgate_gateway_requests_total",
+            r#"outcome="rejected""#
+        ),
+        0.0,
+        "nothing counted as refused"
+    );
+    let log = h.access_log_with("forwarded").await;
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), sent, "one access-log line per request");
+    assert!(
+        lines
+            .iter()
+            .all(|line| line["outcome"] == "forwarded" && line["status"] == 200),
+        "{log}"
+    );
+    h.stop().await;
+}
+
+/// A refused notification followed by extra bytes, whenever they arrive: refused, and nothing of
+/// it reaches the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_bytes_after_it_reaches_nothing() {
+    const ROUNDS: u64 = 6;
+    let h = Harness::start().await;
+    let not_well_formed = fixture("seed-capture-verbatim.xml");
+    let request = notification_request(LEGACY_PATH, "localhost", &not_well_formed);
+    let valid_next = notification_request(LEGACY_PATH, "localhost", &fixture("status-event.xml"));
+    let mut sent = 0.0;
+    for round in 0..ROUNDS {
+        for extra in [&b"\r\n"[..], b"x", &valid_next] {
+            for later in [None, Some(round % 4)] {
+                let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+                match later {
+                    None => {
+                        let mut bytes = request.clone();
+                        bytes.extend_from_slice(extra);
+                        stream.write_all(&bytes).await.unwrap();
+                    }
+                    Some(ms) => {
+                        stream.write_all(&request).await.unwrap();
+                        stream.flush().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                        let _ = stream.write_all(extra).await;
+                    }
+                }
+                let response = client::read_response(&mut stream).await.unwrap();
+                sent += 1.0;
+                assert_eq!(response.status, 400, "round {round}, later {later:?}");
+                h.upstream
+                    .assert_untouched(&format!("refused with extra bytes, round {round}"));
+            }
+        }
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="xml_not_well_formed"}"#,
+        sent,
+    )
+    .await;
+    h.upstream.assert_untouched("refused with extra bytes");
+    h.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -488,5 +695,310 @@ async fn dual_stack_listener_matches_v4_mapped_peers() {
             .status,
         200
     );
+    h.stop().await;
+}
+
+fn chunked_head() -> String {
+    format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: {SEND_NOTIFICATION_ACTION}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+}
+
+/// Asserts the request id's log lines are at INFO or WARN (never ERROR) and name `reason`.
+async fn logged_as_client_fault(request_id: &str, reason: &str, what: &str) {
+    let lines = wait_for_log_lines(request_id).await;
+    for line in &lines {
+        let level = line["level"].as_str().unwrap_or_default();
+        assert!(
+            level == "INFO" || level == "WARN",
+            "{what}: logged at {level}: {line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|line| line["fields"]["reason"] == reason),
+        "{what}: no log line with reason {reason}: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_chunked_framing_is_a_client_fault() {
+    capture_logs();
+    let body = fixture("status-event.xml");
+    let head = chunked_head();
+    let size = format!("{:x}", body.len());
+    let framed = |prefix: &str, data: &[u8], suffix: &str| -> Vec<u8> {
+        let mut out = head.clone().into_bytes();
+        out.extend_from_slice(prefix.as_bytes());
+        out.extend_from_slice(data);
+        out.extend_from_slice(suffix.as_bytes());
+        out
+    };
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "chunk size that overflows",
+            framed("1ffffffffffffffff\r\n", &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "negative chunk size",
+            framed(&format!("-{size}\r\n"), &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "hex-prefixed chunk size",
+            framed(&format!("0x{size}\r\n"), &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk longer than its size",
+            framed("10\r\n", &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "LF-only chunk lines",
+            framed(&format!("{size}\n"), &body, "\n0\n\n"),
+        ),
+        (
+            "chunk extension",
+            framed(&format!("{size};ext=1\r\n"), &body, "\r\n0\r\n\r\n"),
+        ),
+        (
+            "trailer field",
+            framed(
+                &format!("{size}\r\n"),
+                &body,
+                "\r\n0\r\nX-Trailer: 1\r\n\r\n",
+            ),
+        ),
+    ];
+    let h = Harness::start().await;
+    for (what, bytes) in &cases {
+        let response = h.send(ALLOWED, bytes).await.unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        assert_eq!(response.body, b"Bad Request\n", "{what}");
+        let request_id = response.header("x-request-id").unwrap().to_string();
+        logged_as_client_fault(&request_id, "bad_chunked_body", what).await;
+        h.upstream.assert_untouched(what);
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="bad_chunked_body"}"#,
+        cases.len() as f64,
+    )
+    .await;
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pushgate_gateway_requests_total",
+            r#"outcome="internal_error""#
+        ),
+        0.0
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_mid_body_is_not_an_internal_error() {
+    capture_logs();
+    let h = Harness::start().await;
+    let body = fixture("exo-capture.xml");
+    let half = &body[..body.len() / 2];
+
+    // Half-closed after part of the body: the client can still read the answer.
+    let mut length_framed = post_head(body.len()).into_bytes();
+    length_framed.extend_from_slice(half);
+    let mut chunked = chunked_head().into_bytes();
+    chunked.extend_from_slice(format!("{:x}\r\n", body.len()).as_bytes());
+    chunked.extend_from_slice(half);
+    for (what, bytes) in [("declared length", &length_framed), ("chunked", &chunked)] {
+        let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        stream.shutdown().await.unwrap();
+        let response = client::read_response(&mut stream).await.unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        let request_id = response.header("x-request-id").unwrap().to_string();
+        logged_as_client_fault(&request_id, "incomplete_body", what).await;
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="incomplete_body"}"#,
+        2.0,
+    )
+    .await;
+
+    // Gone for good (no TLS close_notify, no reading): counted as a client that went away.
+    for round in 0..5 {
+        let mut stream = client::connect(&h.target(ALLOWED)).await.unwrap();
+        stream.write_all(&length_framed).await.unwrap();
+        stream.flush().await.unwrap();
+        drop(stream);
+        let gone = 2.0 + f64::from(round) + 1.0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let metrics = h.metrics().await;
+            let counted = metric_sum(
+                &metrics,
+                "pushgate_gateway_requests_total",
+                r#"reason="incomplete_body""#,
+            ) + metric_sum(
+                &metrics,
+                "pushgate_gateway_requests_total",
+                r#"reason="client_closed""#,
+            );
+            if counted == gone {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {counted} of {gone} counted: {metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let metrics = h.metrics().await;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pushgate_gateway_requests_total",
+            r#"outcome="internal_error""#
+        ),
+        0.0,
+        "{metrics}"
+    );
+    // The log capture spans this test binary; none of its tests provokes a gateway fault.
+    let errors: Vec<_> = log_lines_with("\"level\":\"ERROR\"");
+    assert!(
+        errors.is_empty(),
+        "ERROR lines for client faults: {errors:?}"
+    );
+    h.upstream.assert_untouched("client leaving mid-body");
+    h.stop().await;
+}
+
+/// Inserts raw header lines right after the request line.
+fn with_header_lines(request: Vec<u8>, lines: &[u8]) -> Vec<u8> {
+    let line_end = request.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    let mut out = request[..line_end].to_vec();
+    out.extend_from_slice(lines);
+    out.extend_from_slice(&request[line_end..]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cannot_strip_checked_fields() {
+    let body = fixture("exo-capture.xml");
+    let h = Harness::start().await;
+    for value in [
+        "SOAPAction, Content-Type",
+        "close, SOAPAction",
+        "Content-Length",
+        "Host",
+        "X-Forwarded-For",
+        "TE",
+    ] {
+        // `notification_request` says `Connection: close`; this one says more.
+        let request = String::from_utf8(notification_request(LEGACY_PATH, "localhost", &body))
+            .unwrap()
+            .replacen("Connection: close", &format!("Connection: {value}"), 1);
+        let response = h.send(ALLOWED, request.as_bytes()).await.unwrap();
+        assert_eq!(response.status, 400, "{value}");
+        h.upstream.assert_untouched(value);
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="bad_connection"}"#,
+        6.0,
+    )
+    .await;
+    // The options a client may send leave every checked field in place.
+    for value in ["close", "keep-alive", "Keep-Alive, close"] {
+        let request = String::from_utf8(notification_request(LEGACY_PATH, "localhost", &body))
+            .unwrap()
+            .replacen("Connection: close", &format!("Connection: {value}"), 1);
+        assert_eq!(
+            h.send(ALLOWED, request.as_bytes()).await.unwrap().status,
+            200
+        );
+        let seen = h.upstream.requests();
+        let last = seen.last().unwrap();
+        assert_eq!(last.header("soapaction"), Some(SEND_NOTIFICATION_ACTION));
+        assert_eq!(last.header("content-type"), Some("text/xml; charset=utf-8"));
+    }
+    h.stop().await;
+}
+
+/// The worker receives exactly the allowlisted fields: the checked ones as checked, the
+/// gateway's own, and nothing else the client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_allowlisted_fields_reach_the_worker() {
+    let body = fixture("exo-capture.xml");
+    let h = Harness::start().await;
+    let extra: &[u8] = b"Cookie: session=1\r\nX-HTTP-Method-Override: DELETE\r\n\
+        X_Forwarded_For: 203.0.113.9\r\nX-Forwarded-For: 203.0.113.8\r\nForwarded: for=203.0.113.7\r\n\
+        X-Forwarded-Host: evil.example\r\nX-Real-IP: 203.0.113.6\r\nX-Request-Id: chosen-by-client\r\n\
+        Authorization: Bearer forged\r\nProxy-Authorization: Basic eA==\r\nUser-Agent: ExchangeServicesClient/15\r\n\
+        CallerData: abc\r\nVia: 1.1 somewhere\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\
+        X-Latin: caf\xe9\r\nX-Obs: \x80\xff\r\n";
+    let request = with_header_lines(
+        notification_request(LEGACY_PATH, "gateway.example.com", &body),
+        extra,
+    );
+    let response = h.send(ALLOWED, &request).await.unwrap();
+    assert_eq!(response.status, 200);
+    let seen = h.upstream.requests();
+    assert_eq!(seen.len(), 1);
+    let forwarded = &seen[0];
+    let names: Vec<String> = forwarded
+        .headers
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "host",
+            "content-type",
+            "soapaction",
+            "content-length",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-request-id",
+            "authorization"
+        ],
+        "{:?}",
+        forwarded.headers
+    );
+    assert_eq!(forwarded.version, 1, "HTTP/1.1 to the worker");
+    assert_eq!(
+        forwarded.header("host"),
+        Some(h.upstream.addr.to_string().as_str()),
+        "the worker's own address, not the client's Host"
+    );
+    assert_eq!(forwarded.header("x-forwarded-for"), Some("127.0.0.2"));
+    assert_eq!(forwarded.header("x-forwarded-proto"), Some("https"));
+    assert_eq!(
+        forwarded.header("authorization"),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
+    assert_ne!(forwarded.header("x-request-id"), Some("chosen-by-client"));
+    assert_eq!(forwarded.body, body);
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bare_lf_heads_are_refused() {
+    let body = fixture("status-event.xml");
+    let h = Harness::start().await;
+    let crlf = notification_request(LEGACY_PATH, "localhost", &body);
+    let head_end = crlf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let all_lf = String::from_utf8_lossy(&crlf[..head_end]).replace("\r\n", "\n");
+    let one_lf = String::from_utf8_lossy(&crlf[..head_end]).replacen("\r\n", "\n", 2);
+    for (what, head) in [("every line", all_lf), ("one line", one_lf)] {
+        let mut request = head.into_bytes();
+        request.extend_from_slice(&body);
+        let response = h.send(ALLOWED, &request).await.unwrap();
+        assert_eq!(response.status, 400, "{what}");
+        h.upstream.assert_untouched(what);
+    }
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="rejected",reason="bare_lf"}"#,
+        2.0,
+    )
+    .await;
     h.stop().await;
 }

@@ -1,7 +1,9 @@
 //! The gateway's own accept loop. Per connection: the source filter before anything is read, the
-//! PROXY header from trusted balancers, the TLS handshake under a deadline, then the request head
-//! read under a total deadline and checked by the rules. Only admitted notification requests are
-//! handed to pingora (with the head bytes already read); everything else is answered here.
+//! PROXY header from trusted balancers, the TLS handshake under a deadline, the request head read
+//! under a total deadline and checked by the rules, then the body read under its own deadline,
+//! exactly as long as the head announced, and checked by the validator. Every refusal is answered
+//! here. Only a notification that passed every check is handed to pingora, as a request rebuilt
+//! from the checked parts, on a connection pingora can write to but never read from.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -9,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pingora_core::apps::HttpServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::ConnectionFilter;
@@ -23,12 +25,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::access_log::{now_rfc3339, AccessRecord};
+use super::body::{ChunkedDecoder, ChunkedError, Progress};
 use super::client::{canonical, resolve_client};
+use super::forward::{self, CheckedRequest};
+use super::lent::LentStream;
 use super::proxy::{Admitted, GatewayProxy};
 use super::proxy_protocol::{read_header, ProxiedPeer};
-use super::reject::{status_text, Reject};
-use super::rules::{self, Head, Route};
+use super::reject::{http_date_now, DirectAnswer, Reject};
+use super::rules::{self, BodyFraming, Head, Route};
 use super::Shared;
+use crate::notification;
 
 /// Largest request head read; Exchange sends about 400 bytes.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -170,89 +176,222 @@ async fn serve_connection(
     } else {
         peer.ip()
     };
-    let Some(mut stream) = handshake(l4, tls, peer, deadline, shared).await else {
+    let Some(stream) = handshake(l4, tls, peer, deadline, shared).await else {
         return;
     };
     // rustls names versions `TLSv1_3`; operators read `TLSv1.3`.
     let tls_version = stream.get_ssl_digest().map(|d| d.version.replace('_', "."));
-    let plain_listener = tls_version.is_none();
 
-    let mut buf = BytesMut::with_capacity(2048);
+    let connection = Connection {
+        peer,
+        source,
+        class,
+        tls: tls_version,
+    };
+    let answered = serve_request(
+        stream,
+        BytesMut::new(),
+        &connection,
+        shared,
+        proxy,
+        shutdown,
+    )
+    .await;
+    if let Some(Answered { mut stream, after }) = answered {
+        // One request per connection, as Exchange uses them: whatever the client sent after its
+        // request (`after`, and anything still coming) is never read as a request; `linger`
+        // discards it. Keep-alive (for trusted proxies) would instead, when `after` is `Some`,
+        // call `serve_request` again with `stream` and those bytes: the next request is read only
+        // once this one is answered, and passes every rule on its own.
+        drop(after);
+        linger(&mut stream).await;
+    }
+}
+
+/// What the transport established about a connection, for every request on it.
+struct Connection {
+    peer: SocketAddr,
+    /// The address the connection speaks for, as far as the transport can tell (PROXY header).
+    source: IpAddr,
+    class: PeerClass,
+    /// Negotiated TLS version, `None` on the plain listener.
+    tls: Option<String>,
+}
+
+/// A request that was answered: the connection, and the bytes read after the end of the request,
+/// which are not part of it.
+struct Answered {
+    stream: Stream,
+    /// `Some` only when the request's end is known because its body was read as framed. After a
+    /// refused head or an unfinished body, the bytes that follow may be that request's own body:
+    /// the connection can then carry nothing more.
+    after: Option<BytesMut>,
+}
+
+/// Reads one request (starting with the bytes already in `buf`), checks it, and answers it: the
+/// gateway itself for refusals and its pages, the worker through pingora for a notification that
+/// passed every check. Reads stop exactly at the end of the request. `None` when nobody is left
+/// to answer.
+async fn serve_request(
+    mut stream: Stream,
+    mut buf: BytesMut,
+    connection: &Connection,
+    shared: &Arc<Shared>,
+    proxy: &Arc<HttpProxy<GatewayProxy>>,
+    shutdown: &watch::Receiver<bool>,
+) -> Option<Answered> {
+    let peer = connection.peer;
     let head_deadline = Instant::now() + shared.header_timeout;
-    let decision = match tokio::time::timeout_at(
+    let (decision, head_len) = match tokio::time::timeout_at(
         head_deadline.into(),
-        read_and_decide(&mut stream, &mut buf, source, class, shared),
+        read_and_decide(
+            &mut stream,
+            &mut buf,
+            connection.source,
+            connection.class,
+            shared,
+        ),
     )
     .await
     {
-        Ok(Ok(decision)) => decision,
-        Ok(Err(HeadFailure::ClosedEarly)) => return,
+        Ok(Ok(decided)) => decided,
+        Ok(Err(HeadFailure::ClosedEarly)) => return None,
         Ok(Err(HeadFailure::Io(e))) => {
             tracing::debug!(%peer, error = %e, "reading request head");
-            return;
+            return None;
         }
         // The head did not even parse: answered like any refusal, without a route.
-        Ok(Err(HeadFailure::Refused(reject))) => Decision {
-            method: String::new(),
-            target: String::new(),
-            client: Some(source),
-            outcome: Err(reject),
-        },
+        Ok(Err(HeadFailure::Refused(reject))) => (
+            Decision {
+                method: String::new(),
+                target: String::new(),
+                client: Some(connection.source),
+                outcome: Err(reject),
+            },
+            buf.len(),
+        ),
         Err(_elapsed) => {
-            shared
-                .metrics
-                .count_request("rejected", "header_timeout", 0.0);
+            // Not answered (a slow client is cut off), but counted, logged (rate-limited, as a
+            // scan of slow connections could flood the log) and written to the access log.
             shared.connection_log.note("header_timeout", peer);
-            return;
+            let seen = Seen {
+                peer,
+                client: Some(connection.source),
+                method: "",
+                target: "",
+                request_id: new_request_id(),
+                tls: connection.tls.as_deref(),
+                head_done: Instant::now(),
+            };
+            let reply = Reply {
+                answer: None,
+                outcome: "rejected",
+                reason: "header_timeout",
+                detail: None,
+            };
+            finish_direct(&mut stream, &seen, reply, 0, shared).await;
+            return None;
         }
     };
-    let head_done = Instant::now();
-    let request_id = new_request_id();
+    let _head = buf.split_to(head_len);
+    let seen = Seen {
+        peer,
+        client: decision.client,
+        method: &decision.method,
+        target: &decision.target,
+        request_id: new_request_id(),
+        tls: connection.tls.as_deref(),
+        head_done: Instant::now(),
+    };
+    let answered = |stream, after| Some(Answered { stream, after });
 
-    let client = match (&decision.outcome, decision.client) {
-        (Ok(Route::Notification(head)), Some(client)) => {
-            if head.expect_continue
-                && stream
-                    .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            client
+    let (head, client) = match (&decision.outcome, decision.client) {
+        (Ok(Route::Notification(head)), Some(client)) => (head.clone(), client),
+        (outcome, _) => {
+            let reply = Reply::for_decision(outcome, shared);
+            finish_direct(&mut stream, &seen, reply, 0, shared).await;
+            return answered(stream, None);
         }
-        _ => {
+    };
+    if head.expect_continue
+        && stream
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .is_err()
+    {
+        let reply = Reply::gone("client went away before its body was read");
+        finish_direct(&mut stream, &seen, reply, 0, shared).await;
+        return None;
+    }
+
+    let body_deadline = seen.head_done + shared.body_timeout;
+    let read = tokio::time::timeout_at(
+        body_deadline.into(),
+        read_body(&mut stream, &mut buf, head.framing, shared.max_body_bytes),
+    )
+    .await;
+    let body = match read {
+        Ok(Ok(body)) => body,
+        Ok(Err(BodyFailure::Refused(reject, detail))) => {
             finish_direct(
                 &mut stream,
-                &decision,
-                peer,
-                &request_id,
-                tls_version.as_deref(),
+                &seen,
+                Reply::refused(reject, detail),
+                0,
                 shared,
             )
             .await;
-            return;
+            return answered(stream, None);
+        }
+        Ok(Err(BodyFailure::Gone(e))) => {
+            let reply = Reply::gone(format!("reading the body: {e}"));
+            finish_direct(&mut stream, &seen, reply, 0, shared).await;
+            return None;
+        }
+        Err(_elapsed) => {
+            let reply = Reply::refused(Reject::BodyTimeout, None);
+            finish_direct(&mut stream, &seen, reply, 0, shared).await;
+            return answered(stream, None);
         }
     };
+    let bytes_in = body.len() as u64;
+    shared.metrics.body_bytes.observe(body.len() as f64);
+    if let Err(rejection) = notification::validate(&body, &shared.limits) {
+        let reject = Reject::InvalidNotification(rejection.reason());
+        let reply = Reply::refused(reject, Some(rejection.detail));
+        finish_direct(&mut stream, &seen, reply, bytes_in, shared).await;
+        return answered(stream, Some(buf));
+    }
 
+    let checked = CheckedRequest {
+        head,
+        body_len: body.len(),
+    };
+    let replayed = forward::replayed_request(&checked, &shared.upstream_host, &body);
+    drop(body);
     let admitted = Admitted {
         client,
         peer,
-        request_id,
-        head_done,
-        method: decision.method,
-        target: decision.target,
-        tls: tls_version,
-        plain_listener,
+        request_id: seen.request_id.clone(),
+        head_done: seen.head_done,
+        method: decision.method.clone(),
+        target: decision.target.clone(),
+        tls: connection.tls.clone(),
+        checked,
     };
-    let mut h1 = H1Session::new(stream);
-    // pingora parses the head again from these bytes (plus whatever body bytes came with them).
-    h1.set_pipelined_prefix(buf);
-    let mut session = ServerSession::H1(h1);
+    // Pingora reads only the request rebuilt from what was checked, never the client's bytes;
+    // it writes its answer to the client and gives the connection back when done.
+    let (lent, returned) = LentStream::lend(stream, replayed);
+    let mut session = ServerSession::H1(H1Session::new(lent));
     if let (Some(digest), Some(record)) = (session.digest_mut(), admitted.into_digest()) {
         digest.proxy_digest = Some(Arc::new(record));
     }
-    let _reusable = proxy.process_new_http(session, shutdown).await;
+    let reusable = proxy.process_new_http(session, shutdown).await;
+    // Keep-alive is off, so pingora offers nothing for reuse; dropping whatever it returns is
+    // what gives the connection back.
+    drop(reusable);
+    let stream = returned.await.ok()?;
+    answered(stream, Some(buf))
 }
 
 /// Reads a trusted balancer's PROXY header; the client it names (or the balancer itself for
@@ -339,14 +478,15 @@ enum HeadFailure {
     Refused(Reject),
 }
 
-/// Reads until the head is complete and applies the rules to it.
+/// Reads until the head is complete and applies the rules to it; the decision and the length of
+/// the head in `buf` (what follows it is body, or more).
 async fn read_and_decide(
     stream: &mut Stream,
     buf: &mut BytesMut,
     source: IpAddr,
     class: PeerClass,
     shared: &Shared,
-) -> Result<Decision, HeadFailure> {
+) -> Result<(Decision, usize), HeadFailure> {
     loop {
         let n = stream.read_buf(buf).await.map_err(HeadFailure::Io)?;
         if n == 0 {
@@ -363,7 +503,8 @@ async fn read_and_decide(
                 if head_len > MAX_HEAD_BYTES {
                     return Err(HeadFailure::Refused(Reject::HeaderTooLarge));
                 }
-                return Ok(decide(&request, source, class, shared));
+                rules::check_line_endings(&buf[..head_len]).map_err(HeadFailure::Refused)?;
+                return Ok((decide(&request, source, class, shared), head_len));
             }
             Ok(httparse::Status::Partial) => {
                 if buf.len() > MAX_HEAD_BYTES {
@@ -374,7 +515,7 @@ async fn read_and_decide(
                 return Err(HeadFailure::Refused(Reject::HeaderTooLarge))
             }
             Err(httparse::Error::Version) => {
-                return Err(HeadFailure::Refused(Reject::UnsupportedVersion))
+                return Err(HeadFailure::Refused(rules::version_refusal(buf)))
             }
             Err(_) => return Err(HeadFailure::Refused(Reject::MalformedRequest)),
         }
@@ -442,145 +583,244 @@ const CONFIRMATION_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta 
 <p>This address receives Exchange push notifications (EWS SendNotification, HTTP POST). \
 It is reachable.</p></body></html>\n";
 
-/// An answer the gateway gives itself, with what the metrics and the log say about it.
-struct DirectAnswer {
-    status: u16,
-    content_type: &'static str,
-    body: &'static str,
-    head_only: bool,
-    extra: Option<(&'static str, &'static str)>,
+/// What the log and the access log say about a request, whoever answers it.
+struct Seen<'a> {
+    peer: SocketAddr,
+    client: Option<IpAddr>,
+    method: &'a str,
+    target: &'a str,
+    request_id: String,
+    tls: Option<&'a str>,
+    /// When the head was complete: durations count from here.
+    head_done: Instant,
+}
+
+/// How the listener ends a request itself: the answer it writes (none when the client is gone),
+/// and what the metrics and logs say.
+struct Reply {
+    answer: Option<DirectAnswer>,
     outcome: &'static str,
     reason: &'static str,
+    detail: Option<String>,
 }
 
-impl DirectAnswer {
-    const TEXT: &'static str = "text/plain; charset=utf-8";
+impl Reply {
+    fn refused(reject: Reject, detail: Option<String>) -> Self {
+        Reply {
+            answer: Some(DirectAnswer::refusal(reject)),
+            outcome: "rejected",
+            reason: reject.reason(),
+            detail,
+        }
+    }
 
-    /// `None` for notifications, which pingora forwards.
-    fn for_decision(outcome: &Result<Route, Reject>, shared: &Shared) -> Option<Self> {
-        let answer = match outcome {
-            Err(reject) => DirectAnswer {
-                status: reject.status(),
-                content_type: Self::TEXT,
-                body: reject.body(),
-                head_only: false,
-                extra: reject.extra_header(),
-                outcome: "rejected",
-                reason: reject.reason(),
-            },
-            Ok(Route::Health { head_only }) if shared.healthy() => DirectAnswer {
-                status: 200,
-                content_type: Self::TEXT,
-                body: "ok\n",
-                head_only: *head_only,
-                extra: None,
-                outcome: "served",
-                reason: "healthz",
-            },
-            Ok(Route::Health { head_only }) => DirectAnswer {
-                status: 503,
-                content_type: Self::TEXT,
-                body: status_text(503),
-                head_only: *head_only,
-                extra: None,
-                outcome: "served",
-                reason: "healthz_unavailable",
-            },
-            Ok(Route::ConfirmationPage { head_only }) => DirectAnswer {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: CONFIRMATION_PAGE,
-                head_only: *head_only,
-                extra: None,
-                outcome: "served",
-                reason: "confirmation_page",
-            },
-            Ok(Route::Notification(_)) => return None,
-        };
-        Some(answer)
+    /// The client reset or broke the connection: nobody is left to answer.
+    fn gone(detail: impl Into<String>) -> Self {
+        Reply {
+            answer: None,
+            outcome: "aborted",
+            reason: "client_closed",
+            detail: Some(detail.into()),
+        }
+    }
+
+    fn served(answer: DirectAnswer, reason: &'static str) -> Self {
+        Reply {
+            answer: Some(answer),
+            outcome: "served",
+            reason,
+            detail: None,
+        }
+    }
+
+    /// The reply to a head the gateway answers itself; notifications never get here.
+    fn for_decision(outcome: &Result<Route, Reject>, shared: &Shared) -> Self {
+        match outcome {
+            Err(reject) => Reply::refused(*reject, None),
+            Ok(Route::Health { head_only }) if shared.healthy() => Reply::served(
+                DirectAnswer {
+                    body: "ok\n",
+                    head_only: *head_only,
+                    ..DirectAnswer::status(200)
+                },
+                "healthz",
+            ),
+            Ok(Route::Health { head_only }) => Reply::served(
+                DirectAnswer {
+                    head_only: *head_only,
+                    ..DirectAnswer::status(503)
+                },
+                "healthz_unavailable",
+            ),
+            Ok(Route::ConfirmationPage { head_only }) => Reply::served(
+                DirectAnswer {
+                    content_type: "text/html; charset=utf-8",
+                    body: CONFIRMATION_PAGE,
+                    head_only: *head_only,
+                    ..DirectAnswer::status(200)
+                },
+                "confirmation_page",
+            ),
+            // `decide` names the client of every admitted route; without one this is a gateway bug.
+            Ok(Route::Notification(_)) => {
+                tracing::error!("admitted notification without a client address");
+                Reply {
+                    answer: Some(DirectAnswer::status(500)),
+                    outcome: "internal_error",
+                    reason: "internal_error",
+                    detail: None,
+                }
+            }
+        }
     }
 }
 
-/// Answers a request the gateway handles itself (refusal, confirmation page, health check),
-/// then writes the access log line and closes gently.
+/// Ends a request the gateway handles itself (refusal, confirmation page, health check, a client
+/// that went away): writes the answer, counts it and logs it.
 async fn finish_direct(
     stream: &mut Stream,
-    decision: &Decision,
-    peer: SocketAddr,
-    request_id: &str,
-    tls: Option<&str>,
+    seen: &Seen<'_>,
+    reply: Reply,
+    bytes_in: u64,
     shared: &Shared,
 ) {
-    let started = Instant::now();
-    let Some(answer) = DirectAnswer::for_decision(&decision.outcome, shared) else {
-        return;
-    };
-    let DirectAnswer {
-        status,
-        content_type,
-        body,
-        head_only,
-        extra,
+    let Reply {
+        answer,
         outcome,
         reason,
-    } = answer;
-    if outcome == "rejected" {
-        tracing::info!(
-            request_id,
-            %peer,
-            client = ?decision.client,
+        detail,
+    } = reply;
+    let status = answer.map_or(0, |a| a.status);
+    match outcome {
+        // A header timeout: cut off unanswered, logged by the rate-limited connection log.
+        "rejected" if answer.is_none() => {}
+        "rejected" => tracing::info!(
+            request_id = seen.request_id.as_str(),
+            peer = %seen.peer,
+            client = ?seen.client,
             status,
             reason,
+            detail = detail.as_deref().unwrap_or(""),
             "request refused"
-        );
+        ),
+        "aborted" => tracing::info!(
+            request_id = seen.request_id.as_str(),
+            peer = %seen.peer,
+            client = ?seen.client,
+            reason,
+            detail = detail.as_deref().unwrap_or(""),
+            "client went away; nothing forwarded"
+        ),
+        _ => {}
     }
-    let mut response = format!(
-        "HTTP/1.1 {status} {}\r\nDate: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\
-         Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\n\
-         Content-Security-Policy: default-src 'none'\r\nX-Request-Id: {request_id}\r\nConnection: close\r\n",
-        status_text(status).trim_end(),
-        httpdate_now(),
-        body.len(),
-    );
-    if let Some((name, value)) = extra {
-        response.push_str(name);
-        response.push_str(": ");
-        response.push_str(value);
-        response.push_str("\r\n");
-    }
-    response.push_str("\r\n");
     let mut bytes_out = 0u64;
-    let mut write_result = stream.write_all(response.as_bytes()).await;
-    if write_result.is_ok() && !head_only {
-        write_result = stream.write_all(body.as_bytes()).await;
-        bytes_out = body.len() as u64;
+    if let Some(answer) = answer {
+        let head = answer.head(&seen.request_id, &http_date_now());
+        let body = answer.sent_body();
+        let mut written = stream.write_all(head.as_bytes()).await;
+        if written.is_ok() && !body.is_empty() {
+            written = stream.write_all(body.as_bytes()).await;
+            bytes_out = body.len() as u64;
+        }
+        if written.is_ok() {
+            let _ = stream.flush().await;
+        }
     }
-    if write_result.is_ok() {
-        let _ = stream.flush().await;
-    }
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = seen.head_done.elapsed().as_secs_f64();
     shared.metrics.count_request(outcome, reason, seconds);
     shared.access_log.write(&AccessRecord {
         time: now_rfc3339(),
-        request_id,
-        client: decision.client,
-        peer,
-        method: decision.method.clone(),
-        path: decision.target.clone(),
+        request_id: &seen.request_id,
+        client: seen.client,
+        peer: seen.peer,
+        method: seen.method.to_string(),
+        path: seen.target.to_string(),
         status,
         outcome,
         reason,
-        bytes_in: 0,
+        bytes_in,
         bytes_out,
         duration_ms: seconds * 1000.0,
         upstream_ms: None,
-        tls,
+        tls: seen.tls,
     });
-    linger(stream).await;
 }
 
-/// Half-closes, then drains what the client is still sending (bounded), so a refusal sent before
-/// the client finished its body is read instead of lost to a reset.
+/// Why the body of an admitted notification was not read whole.
+enum BodyFailure {
+    /// The client's fault, answered with this refusal; the detail goes to the log line.
+    Refused(Reject, Option<String>),
+    /// The connection broke (reset): nobody to answer.
+    Gone(std::io::Error),
+}
+
+/// Reads exactly the body the head announced, starting with what `buf` already holds, and
+/// nothing after it: on return `buf` holds only bytes the client sent after the body.
+async fn read_body(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    framing: BodyFraming,
+    max_body: usize,
+) -> Result<Vec<u8>, BodyFailure> {
+    match framing {
+        BodyFraming::Length(length) => {
+            // The rules refused any length above `max_body` with the head.
+            let length = usize::try_from(length)
+                .ok()
+                .filter(|&length| length <= max_body)
+                .ok_or(BodyFailure::Refused(Reject::BodyTooLarge, None))?;
+            let mut body = Vec::with_capacity(length);
+            let from_head = buf.len().min(length);
+            body.extend_from_slice(&buf.split_to(from_head));
+            let mut scratch = [0u8; 8192];
+            while body.len() < length {
+                // Never ask for more than the body still owes: bytes after it stay unread.
+                let want = (length - body.len()).min(scratch.len());
+                let n = stream
+                    .read(&mut scratch[..want])
+                    .await
+                    .map_err(BodyFailure::Gone)?;
+                if n == 0 {
+                    return Err(BodyFailure::Refused(Reject::IncompleteBody, None));
+                }
+                body.extend_from_slice(&scratch[..n]);
+            }
+            Ok(body)
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new(max_body);
+            let mut body = Vec::new();
+            loop {
+                if !buf.is_empty() {
+                    match decoder.feed(buf, &mut body) {
+                        Ok(Progress::Done { consumed }) => {
+                            buf.advance(consumed);
+                            return Ok(body);
+                        }
+                        Ok(Progress::NeedMore) => buf.clear(),
+                        Err(ChunkedError::TooLarge) => {
+                            return Err(BodyFailure::Refused(Reject::BodyTooLarge, None))
+                        }
+                        Err(ChunkedError::Malformed(fault)) => {
+                            return Err(BodyFailure::Refused(
+                                Reject::BadChunkedBody,
+                                Some(fault.to_string()),
+                            ))
+                        }
+                    }
+                }
+                buf.reserve(8192);
+                let n = stream.read_buf(buf).await.map_err(BodyFailure::Gone)?;
+                if n == 0 {
+                    return Err(BodyFailure::Refused(Reject::IncompleteBody, None));
+                }
+            }
+        }
+    }
+}
+
+/// Half-closes, then drains what the client is still sending (bounded), so an answer sent before
+/// the client finished sending is read instead of lost to a reset.
 async fn linger(stream: &mut Stream) {
     let _ = stream.shutdown().await;
     let drain = async {
@@ -594,12 +834,4 @@ async fn linger(stream: &mut Stream) {
         }
     };
     let _ = tokio::time::timeout(LINGER, drain).await;
-}
-
-fn httpdate_now() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    let format = time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    );
-    now.format(&format).unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use prometheus::{
 #[derive(Clone)]
 pub struct GatewayMetrics {
     pub registry: Registry,
-    /// `outcome`: forwarded, rejected, served, upstream_error, aborted; `reason`: why.
+    /// `outcome`: forwarded, rejected, served, upstream_error, internal_error, aborted; `reason`: why.
     pub requests: IntCounterVec,
     /// Connections closed before TLS, by reason (source_not_allowed, proxy_protocol).
     pub connections_rejected: IntCounterVec,
@@ -40,7 +40,7 @@ impl GatewayMetrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "pushgate_gateway_requests_total",
-                "Requests by outcome (forwarded, rejected, served, upstream_error, aborted) and reason.",
+                "Requests by outcome (forwarded, rejected, served, upstream_error, internal_error, aborted) and reason.",
             ),
             &["outcome", "reason"],
         )?;

@@ -4,7 +4,10 @@
 //! `store` or `worker`.
 
 pub mod access_log;
+pub mod body;
 pub mod client;
+pub mod forward;
+pub mod lent;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -46,6 +49,8 @@ pub struct Shared {
     pub(crate) handshake_timeout: Duration,
     pub(crate) header_timeout: Duration,
     pub(crate) body_timeout: Duration,
+    /// The worker's address as forwarded requests name it in `Host`.
+    pub(crate) upstream_host: String,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) access_log: access_log::AccessLog,
     pub(crate) connection_log: RateLimitedLog,
@@ -182,6 +187,7 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         handshake_timeout: g.handshake_timeout,
         header_timeout: g.header_timeout,
         body_timeout: g.body_timeout,
+        upstream_host: upstream.addr.to_string(),
         metrics: metrics.clone(),
         access_log,
         connection_log: RateLimitedLog::new(),

@@ -1,6 +1,8 @@
-//! The pingora `ProxyHttp` glue for admitted notification requests: read the whole body before any
-//! upstream is chosen, validate it, then forward it with clean headers and relay the worker's
-//! answer. Every decision is made by the pure functions of `rules` and `notification`.
+//! The pingora `ProxyHttp` glue for admitted notification requests. The listener has read and
+//! checked the whole request and hands pingora only the request it rebuilt from the checked parts;
+//! here that body is buffered for a retry, the upstream request is written from the forwarding
+//! allowlist, and the worker's answer is relayed. Every decision is made by the pure functions of
+//! `rules`, `forward` and `reject`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,9 +17,9 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use super::access_log::{now_rfc3339, AccessRecord};
-use super::reject::{status_text, Reject};
+use super::forward::{self, CheckedRequest, GatewayFields};
+use super::reject::{http_date_now, DirectAnswer};
 use super::Shared;
-use crate::notification;
 
 /// What the listener learned about a request before handing it to pingora: carried to the proxy
 /// phases through the session digest, because pingora creates the per-request context itself.
@@ -28,10 +30,12 @@ pub struct Admitted {
     pub request_id: String,
     /// When the request head was complete.
     pub head_done: Instant,
+    /// Method and target as logged (cut to a fixed length).
     pub method: String,
     pub target: String,
     pub tls: Option<String>,
-    pub plain_listener: bool,
+    /// The checked head and body length: all the upstream request is built from.
+    pub checked: CheckedRequest,
 }
 
 impl Admitted {
@@ -57,8 +61,6 @@ impl Admitted {
 #[derive(Default)]
 pub struct RequestCtx {
     admitted: Option<Admitted>,
-    body_len: usize,
-    rejected: Option<Reject>,
     upstream_started: Option<Instant>,
     upstream_finished: Option<Instant>,
     upstream_status: Option<u16>,
@@ -76,94 +78,35 @@ pub struct GatewayProxy {
     pub(super) upstream_connect_timeout: Duration,
 }
 
-/// Hop-by-hop fields and fields only the gateway may set towards the worker.
-const STRIPPED_REQUEST_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "expect",
-    "authorization",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-real-ip",
-    "x-request-id",
-    // The answer to Exchange must never be compressed; the worker is asked for identity only.
-    "accept-encoding",
-];
-
-enum BodyError {
-    TooLarge,
-    Read(Box<Error>),
-}
-
 impl GatewayProxy {
-    /// Reads the whole body into pingora's retry buffer (which replays it upstream), enforcing the
-    /// size limit while reading, so chunked bodies are bounded too.
-    async fn read_body(&self, session: &mut Session) -> std::result::Result<Bytes, BodyError> {
-        let max = self.shared.max_body_bytes;
+    /// Reads the rebuilt body (already in memory) into pingora's retry buffer, which replays it
+    /// if a pooled connection to the worker turns out to be closed.
+    async fn buffer_body(&self, session: &mut Session, expected: usize) -> Result<()> {
         let mut total = 0usize;
-        loop {
-            match session.read_request_body().await {
-                Ok(Some(chunk)) => {
-                    total += chunk.len();
-                    if total > max {
-                        return Err(BodyError::TooLarge);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return Err(BodyError::Read(e)),
-            }
+        while let Some(chunk) = session.read_request_body().await? {
+            total += chunk.len();
         }
-        if total == 0 {
-            return Ok(Bytes::new());
-        }
-        session
+        let buffered = session
             .as_downstream()
             .get_retry_buffer()
-            .filter(|buffer| buffer.len() == total)
-            // The buffer holds max_body_bytes (<= 64 KiB) by construction; if pingora ever kept
-            // less, refusing is the safe answer.
-            .ok_or(BodyError::TooLarge)
-    }
-
-    async fn send_rejection(&self, session: &mut Session, ctx: &mut RequestCtx, reject: Reject) {
-        ctx.rejected = Some(reject);
-        let request_id = ctx
-            .admitted
-            .as_ref()
-            .map(|a| a.request_id.as_str())
-            .unwrap_or("-");
-        if let Err(e) =
-            write_fixed(session, reject.status(), request_id, reject.extra_header()).await
-        {
-            tracing::debug!(error = %e, "client went away before the rejection was sent");
+            .map_or(0, |buffer| buffer.len());
+        if total != expected || (expected > 0 && buffered != expected) {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("rebuilt body of {expected} bytes read as {total}, buffered {buffered}"),
+            );
         }
+        Ok(())
     }
 }
 
-/// Writes a gateway-made answer: fixed text body, no server banner, connection closed after it.
-async fn write_fixed(
-    session: &mut Session,
-    status: u16,
-    request_id: &str,
-    extra: Option<(&'static str, &'static str)>,
-) -> Result<()> {
-    let body = status_text(status);
-    let mut response = ResponseHeader::build(status, Some(6))?;
-    response.insert_header("Content-Type", "text/plain; charset=utf-8")?;
-    response.insert_header("Content-Length", body.len().to_string())?;
-    response.insert_header("Cache-Control", "no-store")?;
-    response.insert_header("X-Content-Type-Options", "nosniff")?;
-    response.insert_header("X-Request-Id", request_id)?;
-    if let Some((name, value)) = extra {
+/// Writes a gateway-made answer when forwarding fails, with the fields every direct answer has.
+async fn write_fixed(session: &mut Session, status: u16, request_id: &str) -> Result<()> {
+    let answer = DirectAnswer::status(status);
+    let fields = answer.fields(request_id, &http_date_now());
+    let mut response = ResponseHeader::build(status, Some(fields.len()))?;
+    // Pingora sets `Date` and `Connection` itself, to the same values.
+    for (name, value) in fields {
         response.insert_header(name, value)?;
     }
     session.set_keepalive(None);
@@ -171,7 +114,7 @@ async fn write_fixed(
         .write_response_header(Box::new(response), false)
         .await?;
     session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .write_response_body(Some(Bytes::from_static(answer.body.as_bytes())), true)
         .await
 }
 
@@ -184,48 +127,16 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        // One request per connection, as Exchange uses them; it also bounds what a slow client holds.
+        // One request per connection, as Exchange uses them; it also bounds what a client holds.
         session.set_keepalive(None);
         let Some(admitted) = Admitted::from_session(session) else {
             // Only the gateway's own listener creates sessions, and it always attaches the record.
             return Error::e_explain(ErrorType::InternalError, "session without admission record");
         };
+        let expected = admitted.checked.body_len;
         ctx.admitted = Some(admitted);
         session.as_downstream_mut().enable_retry_buffering();
-
-        let body =
-            match tokio::time::timeout(self.shared.body_timeout, self.read_body(session)).await {
-                Err(_elapsed) => {
-                    self.send_rejection(session, ctx, Reject::BodyTimeout).await;
-                    return Ok(true);
-                }
-                Ok(Err(BodyError::TooLarge)) => {
-                    self.send_rejection(session, ctx, Reject::BodyTooLarge)
-                        .await;
-                    return Ok(true);
-                }
-                Ok(Err(BodyError::Read(e))) => return Err(e),
-                Ok(Ok(body)) => body,
-            };
-        ctx.body_len = body.len();
-        self.shared.metrics.body_bytes.observe(body.len() as f64);
-
-        if let Err(rejection) = notification::validate(&body, &self.shared.limits) {
-            let request_id = ctx.admitted.as_ref().map(|a| a.request_id.clone());
-            tracing::info!(
-                request_id = request_id.as_deref().unwrap_or("-"),
-                reason = rejection.reason(),
-                detail = %rejection.detail,
-                "notification body refused"
-            );
-            self.send_rejection(
-                session,
-                ctx,
-                Reject::InvalidNotification(rejection.reason()),
-            )
-            .await;
-            return Ok(true);
-        }
+        self.buffer_body(session, expected).await?;
         Ok(false)
     }
 
@@ -251,41 +162,33 @@ impl ProxyHttp for GatewayProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut Self::CTX,
     ) -> Result<()> {
-        // Field names listed in Connection are hop-by-hop as well.
-        let listed: Vec<String> = upstream_request
-            .headers
-            .get_all("connection")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim().to_ascii_lowercase())
-            .filter(|name| !name.is_empty())
-            .collect();
-        for name in STRIPPED_REQUEST_HEADERS
-            .iter()
-            .copied()
-            .chain(listed.iter().map(String::as_str))
-        {
-            upstream_request.remove_header(name);
-        }
         let Some(admitted) = ctx.admitted.as_ref() else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "forwarding without admission record",
             );
         };
-        upstream_request.insert_header("Content-Length", ctx.body_len.to_string())?;
-        upstream_request.insert_header("X-Forwarded-For", admitted.client.to_string())?;
-        upstream_request.insert_header(
-            "X-Forwarded-Proto",
-            if admitted.plain_listener {
-                "http"
-            } else {
-                "https"
+        // Written from scratch from the allowlist: nothing of the client's head but the checked
+        // values, whatever it sent (Connection, Cookie, X_Forwarded_For, ...).
+        let fields = forward::upstream_fields(
+            &admitted.checked,
+            &GatewayFields {
+                upstream_host: &self.shared.upstream_host,
+                client: admitted.client,
+                tls: admitted.tls.is_some(),
+                request_id: &admitted.request_id,
+                authorization: &self.authorization,
             },
+        );
+        let mut rebuilt = RequestHeader::build(
+            "POST",
+            admitted.checked.head.target.as_bytes(),
+            Some(fields.len()),
         )?;
-        upstream_request.insert_header("X-Request-Id", admitted.request_id.as_str())?;
-        upstream_request.insert_header("Authorization", self.authorization.as_str())?;
+        for (name, value) in fields {
+            rebuilt.insert_header(name, value)?;
+        }
+        *upstream_request = rebuilt;
         Ok(())
     }
 
@@ -349,13 +252,14 @@ impl ProxyHttp for GatewayProxy {
         let (status, outcome, reason) = classify_failure(e);
         ctx.failure = Some((status, outcome, reason));
         ctx.upstream_finished.get_or_insert_with(Instant::now);
-        if status > 0 {
+        // Once the worker's answer has started to go out, nothing else can be written.
+        if status > 0 && ctx.upstream_status.is_none() {
             let request_id = ctx
                 .admitted
                 .as_ref()
                 .map(|a| a.request_id.clone())
                 .unwrap_or_else(|| "-".into());
-            if let Err(write_error) = write_fixed(session, status, &request_id, None).await {
+            if let Err(write_error) = write_fixed(session, status, &request_id).await {
                 tracing::debug!(error = %write_error, "client went away before the error answer");
             }
         }
@@ -370,17 +274,7 @@ impl ProxyHttp for GatewayProxy {
         Self::CTX: Send + Sync,
     {
         let finished = Instant::now();
-        let (status, outcome, reason) = if let Some(reject) = ctx.rejected {
-            (reject.status(), "rejected", reject.reason())
-        } else if let Some(failure) = ctx.failure {
-            failure
-        } else if let Some(status) = ctx.upstream_status {
-            (status, "forwarded", "ok")
-        } else if error.is_some() {
-            (0, "aborted", "client_closed")
-        } else {
-            (0, "aborted", "unknown")
-        };
+        let (status, outcome, reason) = final_outcome(ctx.upstream_status, ctx.failure, error);
         let upstream_ms = ctx.upstream_started.map(|started| {
             let end = ctx.upstream_finished.unwrap_or(finished);
             let seconds = end.duration_since(started).as_secs_f64();
@@ -397,8 +291,8 @@ impl ProxyHttp for GatewayProxy {
         self.shared.metrics.count_request(outcome, reason, seconds);
         let error_text = error.map(|e| e.to_string()).unwrap_or_default();
         match outcome {
-            "forwarded" => {}
-            // The worker is unreachable or slow: an operator must look.
+            "forwarded" if reason == "ok" => {}
+            // The worker is unreachable or slow, or the gateway failed: an operator must look.
             "upstream_error" | "internal_error" => tracing::error!(
                 request_id = admitted.request_id.as_str(),
                 client = %admitted.client,
@@ -414,7 +308,7 @@ impl ProxyHttp for GatewayProxy {
                 outcome,
                 reason,
                 error = error_text,
-                "request not forwarded"
+                "the worker answered, but the client went away before the answer reached it"
             ),
         }
         self.shared.access_log.write(&AccessRecord {
@@ -427,12 +321,29 @@ impl ProxyHttp for GatewayProxy {
             status,
             outcome,
             reason,
-            bytes_in: ctx.body_len as u64,
+            bytes_in: admitted.checked.body_len as u64,
             bytes_out: session.as_downstream().body_bytes_sent() as u64,
             duration_ms: seconds * 1000.0,
             upstream_ms,
             tls: admitted.tls.as_deref(),
         });
+    }
+}
+
+/// (status, outcome, reason) of a request pingora handled. Once the worker has answered, the
+/// request was delivered whatever happens next: it counts as forwarded, with the worker's status,
+/// and `client_closed` when the answer could not be written back.
+pub fn final_outcome(
+    upstream_status: Option<u16>,
+    failure: Option<(u16, &'static str, &'static str)>,
+    error: Option<&Error>,
+) -> (u16, &'static str, &'static str) {
+    match (upstream_status, failure) {
+        (Some(status), None) => (status, "forwarded", "ok"),
+        (Some(status), Some(_)) => (status, "forwarded", "client_closed"),
+        (None, Some(failure)) => failure,
+        (None, None) if error.is_some() => (0, "aborted", "client_closed"),
+        (None, None) => (0, "internal_error", "no_answer"),
     }
 }
 
@@ -451,13 +362,57 @@ pub fn classify_failure(e: &Error) -> (u16, &'static str, &'static str) {
             | ErrorType::SocketError => (502, "upstream_error", "upstream_unreachable"),
             _ => (502, "upstream_error", "upstream_failed"),
         },
-        ErrorSource::Downstream => match e.etype() {
-            ErrorType::ReadTimedout => (408, "rejected", "body_timeout"),
-            ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => {
-                (0, "aborted", "client_closed")
-            }
-            _ => (400, "rejected", "malformed_request"),
-        },
+        // Pingora never reads the client (the listener lent it a write-only connection), so a
+        // downstream error is the client going away while the answer is written.
+        ErrorSource::Downstream => (0, "aborted", "client_closed"),
         ErrorSource::Internal | ErrorSource::Unset => (500, "internal_error", "internal_error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_say_what_the_worker_saw() {
+        let error = Error::new(ErrorType::WriteError);
+        assert_eq!(
+            final_outcome(Some(200), None, None),
+            (200, "forwarded", "ok")
+        );
+        assert_eq!(
+            final_outcome(
+                Some(200),
+                Some((0, "aborted", "client_closed")),
+                Some(&error)
+            ),
+            (200, "forwarded", "client_closed")
+        );
+        assert_eq!(
+            final_outcome(
+                None,
+                Some((502, "upstream_error", "upstream_unreachable")),
+                Some(&error)
+            ),
+            (502, "upstream_error", "upstream_unreachable")
+        );
+        assert_eq!(
+            final_outcome(None, None, Some(&error)),
+            (0, "aborted", "client_closed")
+        );
+    }
+
+    #[test]
+    fn failures_are_classified_by_side() {
+        let upstream = |etype| classify_failure(&Error::new_up(etype));
+        assert_eq!(upstream(ErrorType::ReadTimedout).0, 504);
+        assert_eq!(upstream(ErrorType::ConnectRefused).0, 502);
+        let downstream = Error::new_down(ErrorType::WriteError);
+        assert_eq!(
+            classify_failure(&downstream),
+            (0, "aborted", "client_closed")
+        );
+        let internal = Error::new_in(ErrorType::InternalError);
+        assert_eq!(classify_failure(&internal).1, "internal_error");
     }
 }

@@ -1,5 +1,7 @@
-//! Why the gateway refuses something, and the short fixed answer each refusal gets. The reason is
-//! the metric label and the access-log field; the body never says more than the status line.
+//! Why the gateway refuses something, and the one writer of every answer the gateway gives itself
+//! (refusals, the confirmation page, the health check, 502/504 when the worker fails): the same
+//! header fields everywhere, a short fixed body. The reason is the metric label and the access-log
+//! field; the body never says more than the status line.
 
 /// A refusal decided by the gateway itself. Each has one status, one metric label, one fixed body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -12,6 +14,8 @@ pub enum Reject {
     BadForwardedFor,
     /// Request line or header fields that do not parse as HTTP/1.x.
     MalformedRequest,
+    /// A head line ended by a bare LF instead of CRLF.
+    BareLineFeed,
     /// Request header section larger than the gateway reads.
     HeaderTooLarge,
     /// Not HTTP/1.0 or HTTP/1.1.
@@ -28,6 +32,8 @@ pub enum Reject {
     BadTransferEncoding,
     /// `Upgrade` (h2c, websocket): never on a notification endpoint.
     UpgradeNotAllowed,
+    /// `Connection` naming anything but `close` or `keep-alive` (a field to drop at this hop).
+    BadConnection,
     /// `Expect` other than `100-continue`.
     BadExpect,
     NotFound,
@@ -45,6 +51,10 @@ pub enum Reject {
     BodyTooLarge,
     /// The body did not arrive within `body_timeout`.
     BodyTimeout,
+    /// Chunked framing that is not plain `Transfer-Encoding: chunked` (see `body::ChunkFault`).
+    BadChunkedBody,
+    /// The client ended its side of the connection before the body was complete.
+    IncompleteBody,
     /// Body not a valid notification; the label comes from the validator.
     InvalidNotification(&'static str),
 }
@@ -63,6 +73,10 @@ impl Reject {
             Reject::UnsupportedVersion => 505,
             Reject::BadForwardedFor
             | Reject::MalformedRequest
+            | Reject::BareLineFeed
+            | Reject::BadConnection
+            | Reject::BadChunkedBody
+            | Reject::IncompleteBody
             | Reject::BadHost
             | Reject::ConflictingFraming
             | Reject::DuplicateContentLength
@@ -82,6 +96,7 @@ impl Reject {
             Reject::ProbeCannotPost => "probe_cannot_post",
             Reject::BadForwardedFor => "bad_forwarded_for",
             Reject::MalformedRequest => "malformed_request",
+            Reject::BareLineFeed => "bare_lf",
             Reject::HeaderTooLarge => "header_too_large",
             Reject::UnsupportedVersion => "unsupported_http_version",
             Reject::BadHost => "bad_host",
@@ -90,6 +105,7 @@ impl Reject {
             Reject::BadContentLength => "bad_content_length",
             Reject::BadTransferEncoding => "bad_transfer_encoding",
             Reject::UpgradeNotAllowed => "upgrade_not_allowed",
+            Reject::BadConnection => "bad_connection",
             Reject::BadExpect => "bad_expect",
             Reject::NotFound => "not_found",
             Reject::MethodNotAllowed(_) => "method_not_allowed",
@@ -99,6 +115,8 @@ impl Reject {
             Reject::UnsupportedContentEncoding => "unsupported_content_encoding",
             Reject::BodyTooLarge => "body_too_large",
             Reject::BodyTimeout => "body_timeout",
+            Reject::BadChunkedBody => "bad_chunked_body",
+            Reject::IncompleteBody => "incomplete_body",
             Reject::InvalidNotification(label) => label,
         }
     }
@@ -108,13 +126,103 @@ impl Reject {
         status_text(self.status())
     }
 
-    /// Extra header some statuses require.
-    pub fn extra_header(self) -> Option<(&'static str, &'static str)> {
+    /// `Allow`, which 405 requires.
+    pub fn allow(self) -> Option<&'static str> {
         match self {
-            Reject::MethodNotAllowed(allow) => Some(("Allow", allow)),
+            Reject::MethodNotAllowed(allow) => Some(allow),
             _ => None,
         }
     }
+}
+
+/// An answer the gateway writes itself. Whatever stage writes it (the listener for refusals and
+/// its own pages, the proxy when the worker fails), the header fields come from [`Self::fields`],
+/// so an observer cannot tell the stages apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirectAnswer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: &'static str,
+    /// A `HEAD` request: the fields of the answer without its body.
+    pub head_only: bool,
+    pub allow: Option<&'static str>,
+}
+
+impl DirectAnswer {
+    pub const TEXT: &'static str = "text/plain; charset=utf-8";
+
+    /// The fixed answer to a refusal.
+    pub fn refusal(reject: Reject) -> Self {
+        Self {
+            allow: reject.allow(),
+            ..Self::status(reject.status())
+        }
+    }
+
+    /// A plain answer whose body is the status text.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            content_type: Self::TEXT,
+            body: status_text(status),
+            head_only: false,
+            allow: None,
+        }
+    }
+
+    /// The header fields of the answer, in order. `Connection: close` because the gateway serves
+    /// one request per connection.
+    pub fn fields(&self, request_id: &str, date: &str) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
+            ("Date", date.to_string()),
+            ("Content-Type", self.content_type.to_string()),
+            ("Content-Length", self.body.len().to_string()),
+            ("Cache-Control", "no-store".to_string()),
+            ("X-Content-Type-Options", "nosniff".to_string()),
+            ("Content-Security-Policy", "default-src 'none'".to_string()),
+            ("X-Request-Id", request_id.to_string()),
+            ("Connection", "close".to_string()),
+        ];
+        if let Some(allow) = self.allow {
+            fields.push(("Allow", allow.to_string()));
+        }
+        fields
+    }
+
+    /// The status line and header section, as written on the wire.
+    pub fn head(&self, request_id: &str, date: &str) -> String {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            self.status,
+            status_text(self.status).trim_end()
+        );
+        for (name, value) in self.fields(request_id, date) {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(&value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        head
+    }
+
+    /// The body bytes sent after the head (none for `HEAD`).
+    pub fn sent_body(&self) -> &'static str {
+        if self.head_only {
+            ""
+        } else {
+            self.body
+        }
+    }
+}
+
+/// The current time as an HTTP date (IMF-fixdate).
+pub fn http_date_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let format = time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    );
+    now.format(&format).unwrap_or_default()
 }
 
 /// The methods a notification path answers: POST from Exchange, GET/HEAD for the confirmation page.
@@ -133,10 +241,78 @@ pub fn status_text(status: u16) -> &'static str {
         415 => "Unsupported Media Type\n",
         417 => "Expectation Failed\n",
         431 => "Request Header Fields Too Large\n",
+        500 => "Internal Server Error\n",
         502 => "Bad Gateway\n",
         503 => "Service Unavailable\n",
         504 => "Gateway Timeout\n",
         505 => "HTTP Version Not Supported\n",
         _ => "Error\n",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answer_has_the_same_fields() {
+        let names = |answer: DirectAnswer| -> Vec<&'static str> {
+            answer
+                .fields("id", "date")
+                .into_iter()
+                .map(|(name, _)| name)
+                .collect()
+        };
+        let reference = names(DirectAnswer::refusal(Reject::BadSoapAction));
+        for answer in [
+            DirectAnswer::refusal(Reject::BodyTimeout),
+            DirectAnswer::refusal(Reject::BadChunkedBody),
+            DirectAnswer::refusal(Reject::InvalidNotification("xml_not_well_formed")),
+            DirectAnswer::status(502),
+            DirectAnswer::status(504),
+            DirectAnswer::status(500),
+        ] {
+            assert_eq!(names(answer), reference, "{answer:?}");
+        }
+        let mut with_allow = reference.clone();
+        with_allow.push("Allow");
+        assert_eq!(
+            names(DirectAnswer::refusal(Reject::MethodNotAllowed(
+                ALLOWED_METHODS
+            ))),
+            with_allow
+        );
+    }
+
+    #[test]
+    fn head_is_the_status_line_and_fields() {
+        let head =
+            DirectAnswer::refusal(Reject::NotFound).head("abc", "Thu, 01 Jan 2026 00:00:00 GMT");
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(head.contains("\r\nX-Request-Id: abc\r\n"));
+        assert!(head.contains("\r\nContent-Length: 10\r\n"));
+        assert!(head.ends_with("\r\n\r\n"));
+        assert!(!head.to_ascii_lowercase().contains("server:"));
+    }
+
+    #[test]
+    fn every_status_has_its_own_text() {
+        for reject in [
+            Reject::SourceNotAllowed,
+            Reject::BareLineFeed,
+            Reject::BadConnection,
+            Reject::BadChunkedBody,
+            Reject::IncompleteBody,
+            Reject::BodyTimeout,
+            Reject::BodyTooLarge,
+            Reject::UnsupportedVersion,
+            Reject::HeaderTooLarge,
+            Reject::BadExpect,
+        ] {
+            assert_ne!(reject.body(), "Error\n", "{reject:?}");
+        }
+        for status in [500, 502, 503, 504] {
+            assert_ne!(status_text(status), "Error\n", "{status}");
+        }
     }
 }

@@ -43,14 +43,23 @@ impl Route {
     }
 }
 
-/// What the forwarding stage needs to know about an admitted notification request.
+/// What the forwarding stage needs to know about an admitted notification request: how to read
+/// its body, and the values of the client's fields exactly as they were checked, which are the
+/// only client fields the worker will see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotificationHead {
     pub framing: BodyFraming,
-    /// `Expect: 100-continue` was sent: answer `100 Continue` before reading the body.
+    /// HTTP/1.1 `Expect: 100-continue`: answer `100 Continue` before reading the body. HTTP/1.0
+    /// has no interim answers, so there the expectation is ignored (RFC 9110 §10.1.1).
     pub expect_continue: bool,
     /// Tenant from the query (`?Default` or `tenant=Default`), when given.
     pub tenant: Option<String>,
+    /// The request target as received: a configured path and a checked tenant query, so ASCII.
+    pub target: String,
+    /// `Content-Type` as received and checked (optional whitespace trimmed).
+    pub content_type: String,
+    /// `SOAPAction` as received and checked (optional whitespace trimmed, quotes kept).
+    pub soap_action: String,
 }
 
 /// How the request body is delimited.
@@ -71,8 +80,9 @@ pub struct RulePolicy {
 }
 
 /// Applies every rule to a request head, in an order that answers each request with the most
-/// precise refusal: framing (400) before path (404), method (405), query (400), SOAPAction (400),
-/// media type (415), encoding (415) and declared size (413).
+/// precise refusal: framing, `Host`, `Upgrade` and `Connection` (400) before path (404), method
+/// (405), query (400), SOAPAction (400), media type (415), encoding (415), declared size (413)
+/// and `Expect` (417).
 pub fn route(head: &Head<'_>, policy: &RulePolicy) -> Result<Route, Reject> {
     if head.minor_version > 1 {
         return Err(Reject::UnsupportedVersion);
@@ -82,6 +92,7 @@ pub fn route(head: &Head<'_>, policy: &RulePolicy) -> Result<Route, Reject> {
     if find_all(head, "upgrade").next().is_some() {
         return Err(Reject::UpgradeNotAllowed);
     }
+    check_connection(head)?;
 
     let (path, query) = split_target(head.target);
     if !is_notification_path(path, &policy.paths) {
@@ -110,8 +121,8 @@ pub fn route(head: &Head<'_>, policy: &RulePolicy) -> Result<Route, Reject> {
     }
 
     let tenant = check_tenant_query(query)?;
-    check_soap_action(head)?;
-    check_content_type(head)?;
+    let soap_action = check_soap_action(head)?;
+    let content_type = check_content_type(head)?;
     check_content_encoding(head)?;
     if let BodyFraming::Length(length) = framing {
         if length > policy.max_body_bytes {
@@ -123,7 +134,71 @@ pub fn route(head: &Head<'_>, policy: &RulePolicy) -> Result<Route, Reject> {
         framing,
         expect_continue,
         tenant,
+        // Each of these passed a check that admits ASCII only, so nothing is lost here.
+        target: String::from_utf8_lossy(head.target).into_owned(),
+        content_type: String::from_utf8_lossy(content_type).into_owned(),
+        soap_action: String::from_utf8_lossy(soap_action).into_owned(),
     }))
+}
+
+/// `Connection` may carry only the `close` and `keep-alive` options. Any other token names a field
+/// the client wants removed at this hop (RFC 9110 §7.6.1): removing a field the gateway checked
+/// would hand the worker a request the gateway never checked, and keeping it would ignore the
+/// client; Exchange never names fields, so such a request is refused.
+pub fn check_connection(head: &Head<'_>) -> Result<(), Reject> {
+    for value in find_all(head, "connection") {
+        for option in value.split(|&b| b == b',') {
+            let option = trim_ows(option);
+            let known = option.is_empty()
+                || option.eq_ignore_ascii_case(b"close")
+                || option.eq_ignore_ascii_case(b"keep-alive");
+            if !known {
+                return Err(Reject::BadConnection);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The refusal for a request line the HTTP parser stopped at the version: 505 only for a
+/// well-formed request line (`METHOD SP TARGET SP HTTP/d.d`) naming another version, 400 for
+/// anything else (two spaces before the version, a missing or garbled version).
+pub fn version_refusal(head_bytes: &[u8]) -> Reject {
+    let line_end = head_bytes
+        .iter()
+        .position(|&b| b == b'\r' || b == b'\n')
+        .unwrap_or(head_bytes.len());
+    let mut parts = head_bytes[..line_end].split(|&b| b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Reject::MalformedRequest;
+    };
+    let well_formed_version = matches!(
+        version,
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit()
+    );
+    if !method.is_empty() && !target.is_empty() && well_formed_version {
+        Reject::UnsupportedVersion
+    } else {
+        Reject::MalformedRequest
+    }
+}
+
+/// Every line of the head must end in CRLF. The HTTP parser also takes a bare LF (RFC 9112 §2.2
+/// allows it); Exchange never sends one, and the worker only ever sees the head the gateway
+/// writes, so the gateway accepts only the strict form.
+pub fn check_line_endings(head_bytes: &[u8]) -> Result<(), Reject> {
+    let bare = head_bytes
+        .iter()
+        .enumerate()
+        .any(|(at, &b)| b == b'\n' && (at == 0 || head_bytes[at - 1] != b'\r'));
+    if bare {
+        Err(Reject::BareLineFeed)
+    } else {
+        Ok(())
+    }
 }
 
 /// Whether a raw path is one of the configured notification paths: ASCII case-insensitive, as IIS
@@ -144,14 +219,14 @@ pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
 }
 
 /// Header values with the given name (ASCII case-insensitive), in order.
-pub fn find_all<'h>(head: &'h Head<'_>, name: &'static str) -> impl Iterator<Item = &'h [u8]> + 'h {
+pub fn find_all<'a>(head: &Head<'a>, name: &'static str) -> impl Iterator<Item = &'a [u8]> + 'a {
     head.headers
         .iter()
         .filter(move |h| h.name.eq_ignore_ascii_case(name))
         .map(|h| h.value)
 }
 
-fn single<'h>(head: &'h Head<'_>, name: &'static str) -> Result<Option<&'h [u8]>, ()> {
+fn single<'a>(head: &Head<'a>, name: &'static str) -> Result<Option<&'a [u8]>, ()> {
     let mut values = find_all(head, name);
     let first = values.next();
     if values.next().is_some() {
@@ -247,28 +322,29 @@ pub fn check_tenant_query(query: Option<&[u8]>) -> Result<Option<String>, Reject
 }
 
 /// Exactly one `SOAPAction` (any name case) naming EWS SendNotification; SOAP 1.1 allows one pair
-/// of quotes around it.
-pub fn check_soap_action(head: &Head<'_>) -> Result<(), Reject> {
-    let value = single(head, "soapaction")
+/// of quotes around it. Returns the checked value (whitespace trimmed, quotes kept).
+pub fn check_soap_action<'h>(head: &Head<'h>) -> Result<&'h [u8], Reject> {
+    let checked = single(head, "soapaction")
         .map_err(|_| Reject::BadSoapAction)?
+        .map(trim_ows)
         .ok_or(Reject::BadSoapAction)?;
-    let value = trim_ows(value);
-    let value = match value {
+    let action = match checked {
         [b'"', inner @ .., b'"'] => inner,
         other => other,
     };
-    if value == SEND_NOTIFICATION_ACTION.as_bytes() {
-        Ok(())
+    if action == SEND_NOTIFICATION_ACTION.as_bytes() {
+        Ok(checked)
     } else {
         Err(Reject::BadSoapAction)
     }
 }
 
 /// Exactly one `Content-Type: text/xml`, with `charset=utf-8` (quoted or not, any case) or no
-/// parameter at all.
-pub fn check_content_type(head: &Head<'_>) -> Result<(), Reject> {
+/// parameter at all. Returns the checked value (whitespace trimmed).
+pub fn check_content_type<'h>(head: &Head<'h>) -> Result<&'h [u8], Reject> {
     let value = single(head, "content-type")
         .map_err(|_| Reject::UnsupportedMediaType)?
+        .map(trim_ows)
         .ok_or(Reject::UnsupportedMediaType)?;
     let mut parts = value.split(|&b| b == b';');
     let media_type = parts.next().map(trim_ows).unwrap_or_default();
@@ -294,7 +370,7 @@ pub fn check_content_type(head: &Head<'_>) -> Result<(), Reject> {
         }
         charset_seen = true;
     }
-    Ok(())
+    Ok(value)
 }
 
 /// `Content-Encoding` absent or `identity`: the validator reads the body as sent.
@@ -310,10 +386,14 @@ pub fn check_content_encoding(head: &Head<'_>) -> Result<(), Reject> {
     Ok(())
 }
 
+/// `Expect` absent or `100-continue` (417 otherwise); true when a `100 Continue` is owed, which
+/// HTTP/1.0 never is.
 fn check_expect(head: &Head<'_>) -> Result<bool, Reject> {
     match single(head, "expect").map_err(|_| Reject::BadExpect)? {
         None => Ok(false),
-        Some(value) if trim_ows(value).eq_ignore_ascii_case(b"100-continue") => Ok(true),
+        Some(value) if trim_ows(value).eq_ignore_ascii_case(b"100-continue") => {
+            Ok(head.minor_version == 1)
+        }
         Some(_) => Err(Reject::BadExpect),
     }
 }
@@ -359,6 +439,15 @@ mod tests {
     }
 
     fn run(method: &str, target: &str, headers: &[(&str, &str)]) -> Result<Route, Reject> {
+        run_version(1, method, target, headers)
+    }
+
+    fn run_version(
+        minor_version: u8,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Route, Reject> {
         let raw: Vec<httparse::Header<'_>> = headers
             .iter()
             .map(|(name, value)| httparse::Header {
@@ -369,10 +458,17 @@ mod tests {
         let head = Head {
             method,
             target: target.as_bytes(),
-            minor_version: 1,
+            minor_version,
             headers: &raw,
         };
         route(&head, &policy())
+    }
+
+    fn notification(route: Result<Route, Reject>) -> NotificationHead {
+        match route {
+            Ok(Route::Notification(head)) => head,
+            other => panic!("not a notification: {other:?}"),
+        }
     }
 
     fn with(change: &[(&'static str, Option<&'static str>)]) -> Vec<(&'static str, &'static str)> {
@@ -399,6 +495,9 @@ mod tests {
                 framing: BodyFraming::Length(2020),
                 expect_continue: false,
                 tenant: Some("Default".into()),
+                target: "/Webservices/SyncNotification.svc?Default".into(),
+                content_type: "text/xml; charset=utf-8".into(),
+                soap_action: ACTION.into(),
             }))
         );
     }
@@ -687,6 +786,153 @@ mod tests {
             run("POST", "/nowhere", &smuggle),
             Err(Reject::ConflictingFraming)
         );
+    }
+
+    #[test]
+    fn connection_may_only_say_close_or_keep_alive() {
+        let p = "/api/webhooks/exchange";
+        for good in [
+            "close",
+            "keep-alive",
+            "Keep-Alive",
+            "close, keep-alive",
+            " close ,",
+        ] {
+            assert!(
+                run("POST", p, &with(&[("Connection", Some(good))])).is_ok(),
+                "{good:?}"
+            );
+        }
+        for bad in [
+            "SOAPAction, Content-Type",
+            "close, SOAPAction",
+            "Content-Length",
+            "Host",
+            "TE",
+            "upgrade",
+            "X-Forwarded-For",
+        ] {
+            assert_eq!(
+                run("POST", p, &with(&[("Connection", Some(bad))])),
+                Err(Reject::BadConnection),
+                "{bad:?}"
+            );
+        }
+        // Also for the pages: one rule for every request.
+        assert_eq!(
+            run("GET", "/healthz", &[("Host", "h"), ("Connection", "Host")]),
+            Err(Reject::BadConnection)
+        );
+    }
+
+    #[test]
+    fn checked_values_are_kept_for_forwarding() {
+        let quoted: &'static str = Box::leak(format!("  \"{ACTION}\"\t").into_boxed_str());
+        let head = notification(run(
+            "POST",
+            "/api/webhooks/exchange?tenant=a.b",
+            &with(&[
+                ("SOAPAction", Some(quoted)),
+                ("Content-Type", Some(" TEXT/XML;charset=\"UTF-8\" ")),
+            ]),
+        ));
+        assert_eq!(head.soap_action, format!("\"{ACTION}\""));
+        assert_eq!(head.content_type, "TEXT/XML;charset=\"UTF-8\"");
+        assert_eq!(head.target, "/api/webhooks/exchange?tenant=a.b");
+        assert_eq!(head.tenant.as_deref(), Some("a.b"));
+    }
+
+    #[test]
+    fn http_1_0_gets_no_interim_answer_and_needs_no_host() {
+        let p = "/api/webhooks/exchange";
+        let head = notification(run_version(
+            0,
+            "POST",
+            p,
+            &with(&[("Expect", Some("100-continue")), ("Host", None)]),
+        ));
+        assert!(!head.expect_continue, "HTTP/1.0 has no 100 Continue");
+        assert_eq!(
+            run_version(0, "POST", p, &with(&[("Expect", Some("200-ok"))])),
+            Err(Reject::BadExpect)
+        );
+        assert!(
+            notification(run("POST", p, &with(&[("Expect", Some("100-continue"))])))
+                .expect_continue
+        );
+        assert_eq!(
+            run_version(2, "POST", p, &exchange_headers()),
+            Err(Reject::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn version_errors_are_505_only_for_a_well_formed_other_version() {
+        for (line, expected) in [
+            (
+                &b"GET /healthz HTTP/2.0\r\n\r\n"[..],
+                Reject::UnsupportedVersion,
+            ),
+            (
+                b"GET / HTTP/1.2\r\nHost: h\r\n\r\n",
+                Reject::UnsupportedVersion,
+            ),
+            (b"GET / HTTP/0.9\n", Reject::UnsupportedVersion),
+            (b"POST /x  HTTP/1.1\r\n\r\n", Reject::MalformedRequest),
+            (b"POST  /x HTTP/1.1\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x HTTP/1.1 \r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x HTTP/11\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x http/1.1\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x HTTP/1.1x\r\n\r\n", Reject::MalformedRequest),
+            (b"POST /x\r\n\r\n", Reject::MalformedRequest),
+            (b"", Reject::MalformedRequest),
+        ] {
+            assert_eq!(
+                version_refusal(line),
+                expected,
+                "{:?}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn the_parser_stops_at_the_version_for_two_spaces() {
+        // The listener maps httparse's version error through `version_refusal`; this pins the
+        // parser behaviour that mapping relies on.
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut request = httparse::Request::new(&mut headers);
+        assert_eq!(
+            request.parse(b"POST /x  HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Err(httparse::Error::Version)
+        );
+        let mut headers = [httparse::EMPTY_HEADER; 4];
+        let mut request = httparse::Request::new(&mut headers);
+        assert_eq!(
+            request.parse(b"GET / HTTP/2.0\r\n\r\n"),
+            Err(httparse::Error::Version)
+        );
+    }
+
+    #[test]
+    fn head_lines_must_end_in_crlf() {
+        assert_eq!(
+            check_line_endings(b"POST / HTTP/1.1\r\nHost: h\r\n\r\n"),
+            Ok(())
+        );
+        for bare in [
+            &b"POST / HTTP/1.1\nHost: h\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: h\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: h\r\n\n",
+            b"\nPOST / HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                check_line_endings(bare),
+                Err(Reject::BareLineFeed),
+                "{:?}",
+                String::from_utf8_lossy(bare)
+            );
+        }
     }
 
     #[test]

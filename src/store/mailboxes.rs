@@ -215,7 +215,7 @@ pub trait MailboxStore: Send + Sync {
     ) -> Result<Vec<MailboxView>, StoreError>;
 
     /// Takes the mailbox's lease for `owner` until `lease_until` and moves it to `state` with
-    /// `cause`, unless sync is off or another owner's lease is live. Returns the mailbox as it
+    /// `cause`, unless sync is off or a lease is live. Returns the mailbox as it
     /// now stands, or `None` when it was not taken.
     async fn begin_subscribe(
         &self,
@@ -338,7 +338,7 @@ fn switch_off(record: &mut MailboxRecord) {
     record.lease_until = None;
 }
 
-/// Takes the lease, or `None` when sync is off or another owner's lease is live.
+/// Takes the lease, or `None` when sync is off or a lease is live.
 pub(crate) fn apply_begin(
     mut record: MailboxRecord,
     lease: &Lease,
@@ -349,12 +349,9 @@ pub(crate) fn apply_begin(
     if !record.sync {
         return None;
     }
-    let held_by_other = record
-        .lease_owner
-        .as_deref()
-        .is_some_and(|o| o != lease.owner)
-        && record.lease_until.is_some_and(|until| until > now);
-    if held_by_other {
+    // Any live lease, this worker's own included: one Subscribe per mailbox at a time.
+    let held = record.lease_owner.is_some() && record.lease_until.is_some_and(|until| until > now);
+    if held {
         return None;
     }
     record.lease_owner = Some(lease.owner.clone());
@@ -592,6 +589,10 @@ mod tests {
         assert_eq!(mine.renew_cause, Some(RenewCause::Silence));
         assert!(
             apply_begin(mine.clone(), &lease("b"), MailboxState::Renewing, None, NOW).is_none()
+        );
+        assert!(
+            apply_begin(mine.clone(), &lease("a"), MailboxState::Renewing, None, NOW).is_none(),
+            "not twice by the same worker either"
         );
         // Expired: taken over.
         let later = NOW + time::Duration::minutes(3);

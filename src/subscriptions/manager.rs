@@ -3,6 +3,7 @@
 //! within the rate (`subscribe_rate`), the bound on calls in flight, and any ErrorServerBusy pause.
 //! A lease in the store keeps one call per mailbox across worker replicas.
 
+use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -76,6 +77,9 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     /// Set by ErrorServerBusy: no call starts before this instant.
     paused_until: Mutex<Option<tokio::time::Instant>>,
+    /// Mailboxes whose call this worker has started and not finished: a scan while a call runs
+    /// must not start a second one (the store's lease says the same, a moment later).
+    running: Mutex<HashSet<String>>,
     wake: Notify,
     metrics: Option<Arc<SubscriptionMetrics>>,
 }
@@ -104,6 +108,7 @@ impl SubscriptionManager {
                 limiter: RateLimiter::direct(quota),
                 in_flight,
                 paused_until: Mutex::new(None),
+                running: Mutex::new(HashSet::new()),
                 wake: Notify::new(),
                 metrics,
                 options,
@@ -171,6 +176,9 @@ async fn scan(
         .due_mailboxes(now, now - timing.silence_limit(), SCAN_BATCH)
         .await?;
     for view in due {
+        if is_running(shared, &view.mailbox.address) {
+            continue;
+        }
         let Some(plan) = plan::plan(&view, OffsetDateTime::now_utc(), timing) else {
             continue;
         };
@@ -186,13 +194,28 @@ async fn scan(
             _ = wait_for_turn(shared) => {}
             _ = shutdown.wait_for(|stop| *stop) => return Ok(()),
         }
+        let address = view.mailbox.address.clone();
+        if let Ok(mut running) = shared.running.lock() {
+            running.insert(address.clone());
+        }
         let shared = shared.clone();
         calls.spawn(async move {
             subscribe_one(&shared, view, plan).await;
+            if let Ok(mut running) = shared.running.lock() {
+                running.remove(&address);
+            }
             drop(permit);
         });
     }
     Ok(())
+}
+
+fn is_running(shared: &Shared, address: &str) -> bool {
+    shared
+        .running
+        .lock()
+        .map(|running| running.contains(address))
+        .unwrap_or(false)
 }
 
 /// Waits out an ErrorServerBusy pause, then for the rate limiter.

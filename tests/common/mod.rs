@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pushgate::config::Config;
@@ -14,6 +14,7 @@ use pushgate::gateway::{self, GatewayHandle};
 use pushgate::notification::{result_envelope, SubscriptionStatus};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 
 /// A source inside the allowlist.
 pub const ALLOWED: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
@@ -56,6 +57,8 @@ pub const FIXTURE_VERDICTS: &[(&str, bool)] = &[
 pub struct Recorded {
     pub method: String,
     pub target: String,
+    /// HTTP/1.x minor version of the request line.
+    pub version: u8,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
@@ -84,6 +87,9 @@ pub enum Behaviour {
     Delay(Duration),
     /// Close the connection without answering.
     Hangup,
+    /// Record the request, then answer OK only once a permit of this gate is available (each
+    /// answer takes one): lets a test act while the worker holds a request.
+    Hold(Arc<Semaphore>),
 }
 
 /// A real HTTP/1.1 server that records everything it receives, down to accepted connections, so
@@ -149,6 +155,7 @@ impl CountingUpstream {
                     let recorded = Recorded {
                         method: request.method.unwrap_or_default().to_string(),
                         target: request.path.unwrap_or_default().to_string(),
+                        version: request.version.unwrap_or(9),
                         headers,
                         body: Vec::new(),
                     };
@@ -180,6 +187,10 @@ impl CountingUpstream {
             match behaviour {
                 Behaviour::Hangup => return,
                 Behaviour::Delay(delay) => tokio::time::sleep(delay).await,
+                Behaviour::Hold(gate) => match gate.acquire().await {
+                    Ok(permit) => permit.forget(),
+                    Err(_closed) => return,
+                },
                 Behaviour::Ok => {}
             }
             let body = result_envelope(SubscriptionStatus::Ok);
@@ -205,6 +216,19 @@ impl CountingUpstream {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.requests.lock().unwrap().clone()
+    }
+
+    /// Waits (up to 10 s) until the upstream has recorded `count` requests.
+    pub async fn wait_for_requests(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while self.requests().len() < count {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "upstream never saw {count} requests ({} so far)",
+                self.requests().len()
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// Asserts the upstream saw nothing at all: no connection, no byte, no request.
@@ -434,4 +458,90 @@ pub fn metric_value(text: &str, sample: &str) -> f64 {
 /// The answer Exchange must get for an accepted notification.
 pub fn ok_envelope() -> &'static [u8] {
     result_envelope(SubscriptionStatus::Ok)
+}
+
+/// Log lines written by the code under test, captured as JSON once per test binary.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+static CAPTURED_LOG: OnceLock<CapturedLog> = OnceLock::new();
+
+/// Starts capturing the log (INFO and above) of everything in this test binary; call it before
+/// the requests whose log lines a test inspects.
+pub fn capture_logs() {
+    CAPTURED_LOG.get_or_init(|| {
+        let log = CapturedLog::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::set_global_default(subscriber)
+            .expect("no other global subscriber in this test binary");
+        log
+    });
+}
+
+/// Captured log lines that contain `needle` (e.g. a request id), as parsed JSON objects.
+pub fn log_lines_with(needle: &str) -> Vec<serde_json::Value> {
+    let Some(log) = CAPTURED_LOG.get() else {
+        panic!("capture_logs() was not called");
+    };
+    let text = String::from_utf8_lossy(&log.0.lock().unwrap()).into_owned();
+    text.lines()
+        .filter(|line| line.contains(needle))
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// Waits (up to 10 s) until the log holds a line with `needle`, then returns every such line.
+pub async fn wait_for_log_lines(needle: &str) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lines = log_lines_with(needle);
+        if !lines.is_empty() {
+            return lines;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line with {needle}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sum of every sample of a counter family whose labels contain `labels`, e.g.
+/// `pushgate_gateway_requests_total` with `outcome="internal_error"`.
+pub fn metric_sum(text: &str, family: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(family) && line.contains(labels))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Reads everything the gateway sends until it closes the connection (at most `TIMEOUT`).
+pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin + ?Sized>(stream: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(TIMEOUT, async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    out
 }
