@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use libfuzzer_sys::fuzz_target;
 use pushgate::allowlist::{parse_ranges_file, CidrSet};
 use pushgate::ranges::feed::{check_version, parse_endpoints, parse_version_answer};
-use pushgate::ranges::select::{apply_operator_ranges, select_ranges, Selection};
+use pushgate::ranges::select::{apply_operator_ranges, check_prefixes, select_ranges, Selection};
 use pushgate::ranges::write::{render_ranges_file, ListOrigin};
 
 fn first_and_last(net: &IpNet) -> [IpAddr; 2] {
@@ -50,6 +50,10 @@ fuzz_target!(|body: &[u8]| {
         .filter_map(|s| s.parse().ok())
         .collect();
     let nets = apply_operator_ranges(&selected, &extra, &exclude);
+    // As the update does: a list the prefix checks refuse is never written.
+    if check_prefixes(&nets, 8, 16).is_err() {
+        return;
+    }
     let result = CidrSet::from_nets(nets.iter().copied());
     let excluded = CidrSet::from_nets(exclude.iter().copied());
     for net in selected.iter().chain(&extra) {
