@@ -23,3 +23,9 @@ pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod worker;
+
+/// The tests' skip helper (`tests/skip/mod.rs`), for unit tests that need the EWS schema or
+/// examples: SKIPPED visibly, or a failure with `PUSHGATE_REQUIRE_ALL=1`.
+#[cfg(test)]
+#[path = "../tests/skip/mod.rs"]
+pub(crate) mod test_skip;

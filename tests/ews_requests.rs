@@ -4,7 +4,8 @@
 //! request must fail the same check, so the check itself is known to bite.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on setup failures
 
-use std::io::Write;
+mod skip;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,25 +21,8 @@ const ROOM: &str = "room1@contoso.com";
 /// The schema directory and xmllint, or `None` after saying why not (a failure instead when
 /// `PUSHGATE_REQUIRE_ALL=1`).
 fn schema_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/ews-schema");
-    let why = if !dir.join("messages.xsd").is_file() || !dir.join("types.xsd").is_file() {
-        Some(format!("schema not found in {}", dir.display()))
-    } else if Command::new("xmllint").arg("--version").output().is_err() {
-        Some("xmllint is not installed (apt-get install libxml2-utils)".to_string())
-    } else {
-        None
-    };
-    match why {
-        None => Some(dir),
-        Some(why) if std::env::var("PUSHGATE_REQUIRE_ALL").as_deref() == Ok("1") => {
-            panic!("{why}")
-        }
-        Some(why) => {
-            // Straight to stderr: the test harness captures eprintln! of passing tests.
-            let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-            None
-        }
-    }
+    let dir = skip::ews_schema(&["messages.xsd", "types.xsd"])?;
+    skip::xmllint().then_some(dir)
 }
 
 /// Validates each document against `schema`. Returns the names of those that fail, and

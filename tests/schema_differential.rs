@@ -1,35 +1,73 @@
-//! Differential test: `pushgate validate` against `xmllint --schema` on a few thousand
-//! deterministic mutations of the valid fixtures. A disagreement is allowed only where pushgate
-//! is stricter on purpose (a rejection with `is_xsd_deviation()`) or for the documented
-//! Error-without-Notification deviation. Skips (with a reason) when xmllint or the schema is
-//! missing.
+//! Differential test: `pushgate validate` against `xmllint --schema` on a few thousand mutations
+//! of the valid fixtures, drawn by proptest (a fixed seed by default). A disagreement is allowed
+//! only where pushgate is stricter on purpose (a rejection with `is_xsd_deviation()`) or for the
+//! documented Error-without-Notification deviation; the first other one is shrunk to a minimal
+//! mutation before the test fails. Says SKIPPED (or fails with `PUSHGATE_REQUIRE_ALL=1`) when
+//! xmllint or the schema is missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
+
+mod skip;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
 use pushgate::notification::{validate, Limits, RejectionKind};
 
+/// A fixed seed keeps the run deterministic; `PUSHGATE_DIFFERENTIAL_SEED=<u64>` explores others.
 const SEED: u64 = 0x5EED_2026_0001;
 const MUTATIONS: usize = 3600;
 const CHUNK: usize = 400;
+/// Random choices one case carries: two mutations take far fewer.
+const CHOICES: usize = 32;
+/// Bound on the shrinking of a disagreement (each step runs xmllint once).
+const SHRINK_STEPS: usize = 400;
 
 const SOAP: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 const MESSAGES: &str = "http://schemas.microsoft.com/exchange/services/2006/messages";
 const TYPES: &str = "http://schemas.microsoft.com/exchange/services/2006/types";
 const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 
-/// splitmix64: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
+/// One generated case: which seed, whether to mutate twice, and the random choices the mutation
+/// operators consume. proptest draws them and, for a failure, shrinks them toward the first
+/// option of every choice.
+#[derive(Debug, Clone)]
+struct Case {
+    seed: usize,
+    twice: bool,
+    choices: Vec<u64>,
+}
 
-impl Rng {
+fn case(seeds: usize) -> impl Strategy<Value = Case> {
+    (
+        0..seeds,
+        proptest::bool::weighted(0.15),
+        proptest::collection::vec(any::<u64>(), CHOICES),
+    )
+        .prop_map(|(seed, twice, choices)| Case {
+            seed,
+            twice,
+            choices,
+        })
+}
+
+/// The operators' source of choices: a case's values in turn (0, the first option, once spent).
+struct Rng<'a> {
+    choices: &'a [u64],
+    at: usize,
+}
+
+impl<'a> Rng<'a> {
+    fn new(choices: &'a [u64]) -> Self {
+        Rng { choices, at: 0 }
+    }
     fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        let value = self.choices.get(self.at).copied().unwrap_or(0);
+        self.at += 1;
+        value
     }
     fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
@@ -43,15 +81,6 @@ impl Rng {
     fn chance(&mut self, percent: u64) -> bool {
         self.next() % 100 < percent
     }
-}
-
-fn schema_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("PUSHGATE_EWS_SCHEMA_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/ews-schema"));
-    dir.join("send-notification-envelope.xsd")
-        .is_file()
-        .then_some(dir)
 }
 
 /// One element of a seed document, by byte ranges.
@@ -537,6 +566,20 @@ fn gaps(doc: &str) -> Vec<usize> {
     doc.match_indices('>').map(|(i, _)| i + 1).collect()
 }
 
+/// The body of `case`: one mutation of its seed (two for some), and the operator's name.
+fn body_of(case: &Case, seeds: &[String]) -> (String, Vec<u8>) {
+    let mut rng = Rng::new(&case.choices);
+    let (operator, mut body) = mutate(&mut rng, &seeds[case.seed]);
+    if case.twice {
+        // a second mutation on top
+        let text = String::from_utf8_lossy(&body).into_owned();
+        if !elements(&text).is_empty() && !gaps(&text).is_empty() {
+            body = mutate(&mut rng, &text).1;
+        }
+    }
+    (operator, body)
+}
+
 fn mutate(rng: &mut Rng, doc: &str) -> (String, Vec<u8>) {
     let bytes = doc.as_bytes();
     let els = elements(doc);
@@ -1010,12 +1053,10 @@ fn only_missing_notification(messages: &[String]) -> bool {
 
 #[test]
 fn pushgate_agrees_with_xmllint_on_mutations() {
-    let Some(schema_dir) = schema_dir() else {
-        eprintln!("SKIP schema_differential: no EWS schema (set PUSHGATE_EWS_SCHEMA_DIR or provide ../shared/ews-schema)");
+    let Some(schema_dir) = skip::ews_schema(&["send-notification-envelope.xsd"]) else {
         return;
     };
-    if Command::new("xmllint").arg("--version").output().is_err() {
-        eprintln!("SKIP schema_differential: xmllint not installed (Debian: libxml2-utils)");
+    if !skip::xmllint() {
         return;
     }
     let schema = schema_dir.join("send-notification-envelope.xsd");
@@ -1032,14 +1073,19 @@ fn pushgate_agrees_with_xmllint_on_mutations() {
     seeds.extend(extra_seeds());
 
     let dir = tempfile::tempdir().expect("temp dir");
-    // A fixed seed keeps the test deterministic; PUSHGATE_DIFFERENTIAL_SEED explores others.
     let seed = std::env::var("PUSHGATE_DIFFERENTIAL_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SEED);
-    let mut rng = Rng(seed);
+    let mut runner = TestRunner::new(Config {
+        failure_persistence: None,
+        rng_seed: RngSeed::Fixed(seed),
+        ..Config::default()
+    });
+    let strategy = case(seeds.len());
     let mut files = Vec::new();
     let mut operators = HashMap::new();
+    let mut cases = HashMap::new();
     for (i, seed) in seeds.iter().enumerate() {
         let path = dir.path().join(format!("seed-{i:02}.xml"));
         std::fs::write(&path, seed).expect("write");
@@ -1047,73 +1093,44 @@ fn pushgate_agrees_with_xmllint_on_mutations() {
         files.push(path);
     }
     for i in 0..MUTATIONS {
-        let seed = &seeds[rng.below(seeds.len())];
-        let (operator, mut body) = mutate(&mut rng, seed);
-        if rng.chance(15) {
-            // a second mutation on top
-            let text = String::from_utf8_lossy(&body).into_owned();
-            if !elements(&text).is_empty() && !gaps(&text).is_empty() {
-                body = mutate(&mut rng, &text).1;
-            }
-        }
+        let tree = strategy.new_tree(&mut runner).expect("a case");
+        let (operator, body) = body_of(&tree.current(), &seeds);
         let path = dir.path().join(format!("m{i:05}.xml"));
         std::fs::write(&path, &body).expect("write");
         operators.insert(path.clone(), operator);
+        cases.insert(path.clone(), tree);
         files.push(path);
     }
 
     let ours = run_pushgate(&files);
     let theirs = run_xmllint(&schema, &files);
 
-    let limits = Limits::default();
     let mut both_valid = 0;
     let mut both_invalid = 0;
     let mut deviations: BTreeMap<String, usize> = BTreeMap::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut operator_counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     let mut failures = Vec::new();
+    let mut first_failing_case = None;
     for file in &files {
         let our = &ours[file];
-        let their = &theirs[file];
         let operator = operators[file].clone();
         let entry = operator_counts.entry(operator.clone()).or_default();
         entry.0 += 1;
         if let Err((reason, _)) = our {
             *reasons.entry(reason.clone()).or_default() += 1;
         }
-        match (our, their.valid) {
-            (Ok(()), true) => {
+        match judge(our, &theirs[file], file) {
+            Judgement::BothValid => {
                 both_valid += 1;
                 entry.1 += 1;
             }
-            (Err(_), false) => both_invalid += 1,
-            (Err((reason, true)), true) => {
-                if reason == "xml_namespace_error" && !their.namespace_error {
-                    failures.push(format!(
-                        "{operator}: {} namespace error that xmllint does not report",
-                        file.display()
-                    ));
-                }
-                *deviations.entry(reason.clone()).or_default() += 1;
-            }
-            (Err((reason, false)), true) => failures.push(format!(
-                "{operator}: {} we refuse ({reason}), xmllint accepts",
-                file.display()
-            )),
-            (Ok(()), false) => {
-                let body = std::fs::read(file).expect("read back");
-                let summary = validate(&body, &limits).expect("pushgate accepted it");
-                if summary.error_without_notification && only_missing_notification(&their.messages)
-                {
-                    *deviations
-                        .entry("error_without_notification (accepted)".into())
-                        .or_default() += 1;
-                } else {
-                    failures.push(format!(
-                        "{operator}: {} we accept, xmllint refuses: {}",
-                        file.display(),
-                        their.messages.first().map(String::as_str).unwrap_or("")
-                    ));
+            Judgement::BothInvalid => both_invalid += 1,
+            Judgement::Deviation(reason) => *deviations.entry(reason).or_default() += 1,
+            Judgement::Disagree(why) => {
+                failures.push(format!("{operator}: {} {why}", file.display()));
+                if first_failing_case.is_none() {
+                    first_failing_case = cases.remove(file);
                 }
             }
         }
@@ -1149,9 +1166,12 @@ fn pushgate_agrees_with_xmllint_on_mutations() {
             }
         }
     }
+    let minimal = first_failing_case
+        .map(|tree| shrink(tree, &seeds, &schema, dir.path()))
+        .unwrap_or_default();
     assert!(
         failures.is_empty(),
-        "{} disagreements (bodies kept in $TMPDIR/pushgate-differential-failures):\n{}\n{summary}",
+        "{} disagreements (bodies kept in $TMPDIR/pushgate-differential-failures):\n{}\n{minimal}\n{summary}",
         failures.len(),
         examples
             .iter()
@@ -1170,6 +1190,97 @@ fn pushgate_agrees_with_xmllint_on_mutations() {
         both_valid * 100 >= total * 15,
         "only {both_valid} of {total} mutations stayed valid for both\n{summary}"
     );
+}
+
+/// How pushgate's verdict on one body compares with xmllint's.
+enum Judgement {
+    BothValid,
+    BothInvalid,
+    /// An allowed disagreement: pushgate stricter on purpose, or the Error-without-Notification
+    /// body it accepts.
+    Deviation(String),
+    /// Any other disagreement: the test fails.
+    Disagree(String),
+}
+
+fn judge(our: &Result<(), (String, bool)>, their: &XmllintVerdict, file: &Path) -> Judgement {
+    match (our, their.valid) {
+        (Ok(()), true) => Judgement::BothValid,
+        (Err(_), false) => Judgement::BothInvalid,
+        (Err((reason, true)), true) => {
+            if reason == "xml_namespace_error" && !their.namespace_error {
+                Judgement::Disagree("namespace error that xmllint does not report".into())
+            } else {
+                Judgement::Deviation(reason.clone())
+            }
+        }
+        (Err((reason, false)), true) => {
+            Judgement::Disagree(format!("we refuse ({reason}), xmllint accepts"))
+        }
+        (Ok(()), false) => {
+            let body = std::fs::read(file).expect("read back");
+            let summary = validate(&body, &Limits::default()).expect("pushgate accepted it");
+            if summary.error_without_notification && only_missing_notification(&their.messages) {
+                Judgement::Deviation("error_without_notification (accepted)".into())
+            } else {
+                Judgement::Disagree(format!(
+                    "we accept, xmllint refuses: {}",
+                    their.messages.first().map(String::as_str).unwrap_or("")
+                ))
+            }
+        }
+    }
+}
+
+/// Whether pushgate (in process: the same verdict `pushgate validate` prints) and xmllint
+/// disagree on `body` beyond the allowed deviations.
+fn disagrees(body: &[u8], schema: &Path, dir: &Path) -> Option<String> {
+    let file = dir.join("shrinking.xml");
+    std::fs::write(&file, body).expect("write");
+    let our = validate(body, &Limits::default())
+        .map(|_| ())
+        .map_err(|r| (r.reason().to_string(), r.is_xsd_deviation()));
+    let their = run_xmllint(schema, std::slice::from_ref(&file));
+    match judge(&our, &their[&file], &file) {
+        Judgement::Disagree(why) => Some(why),
+        _ => None,
+    }
+}
+
+/// proptest's shrinking of a failing case: simpler choices while the disagreement stays.
+fn shrink(
+    mut tree: impl ValueTree<Value = Case>,
+    seeds: &[String],
+    schema: &Path,
+    dir: &Path,
+) -> String {
+    let (operator, mut body) = body_of(&tree.current(), seeds);
+    let Some(mut why) = disagrees(&body, schema, dir) else {
+        return "(the first disagreement did not repeat in process)".into();
+    };
+    let mut steps = 0;
+    let mut simpler = tree.simplify();
+    while simpler && steps < SHRINK_STEPS {
+        let (_, candidate) = body_of(&tree.current(), seeds);
+        if candidate == body {
+            // A choice the mutation never used: nothing to ask xmllint.
+            simpler = tree.simplify();
+            continue;
+        }
+        steps += 1;
+        match disagrees(&candidate, schema, dir) {
+            Some(still) => {
+                body = candidate;
+                why = still;
+                simpler = tree.simplify();
+            }
+            None => simpler = tree.complicate(),
+        }
+    }
+    format!(
+        "minimal disagreement after {steps} shrinking steps (first operator {operator}): {why}\n{}",
+        String::from_utf8_lossy(&body)
+    )
 }
 
 /// Every attribute in the start tags of `doc`: (name start, value start, value end).

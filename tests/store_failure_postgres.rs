@@ -1,7 +1,8 @@
 //! PostgreSQL stopped under a running worker: 503 and an unhealthy /healthz while it is down,
 //! nothing half-written, and recovery (reconnect) once it is back. The only test in this file,
 //! because it stops the server every other PostgreSQL test uses: run test binaries one after
-//! another (as `cargo test` does). The server is started again even when the test fails.
+//! another (as `cargo test` does). The server is started again even when the test fails. Runs only
+//! with `PUSHGATE_STOP_POSTGRES=1` (`.ci/run` sets it); otherwise it says SKIPPED.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 mod worker_support;
@@ -69,15 +70,23 @@ impl Drop for RestartGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_postgres_answers_503_then_recovers() {
-    let Some(db) = TestDb::postgres("stopped_postgres_answers_503_then_recovers").await else {
+    // Asked first, before touching the database: a developer's plain `cargo test` must never stop
+    // a server that other work on the machine is using.
+    if !skip::opted_in(
+        skip::STOP_POSTGRES,
+        "stops and restarts the machine's PostgreSQL cluster",
+    ) {
         return;
-    };
+    }
     if !targets_local_cluster(&postgres_base_url()) {
-        eprintln!("skipping: the test database is not the local cluster on 127.0.0.1:5432");
+        skip::skip("the test database is not the local cluster on 127.0.0.1:5432");
         return;
     }
     let Some(version) = local_cluster() else {
-        eprintln!("skipping: no local PostgreSQL cluster under /etc/postgresql to stop");
+        skip::skip("no local PostgreSQL cluster under /etc/postgresql to stop");
+        return;
+    };
+    let Some(db) = TestDb::postgres("stopped_postgres_answers_503_then_recovers").await else {
         return;
     };
     let handle = worker::start(db.config()).await.expect("worker starts");

@@ -472,8 +472,6 @@ fn take_child(mut parent: Element, namespace: &str, local: &str) -> Option<Eleme
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-    use std::path::PathBuf;
     use time::macros::datetime;
 
     const SOAP_HEAD: &str = r#"<s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Header><h:ServerVersionInfo xmlns:h="http://schemas.microsoft.com/exchange/services/2006/types" MajorVersion="15" MinorVersion="20" Version="V2018_01_08"/></s:Header><s:Body>"#;
@@ -486,21 +484,8 @@ mod tests {
     /// A schema-valid example from `../shared/ews-examples/`, or `None` (after saying SKIPPED)
     /// when that directory is not there; with `PUSHGATE_REQUIRE_ALL=1` its absence fails.
     fn example(name: &str) -> Option<String> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/ews-examples")
-            .join(name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Some(text),
-            Err(e) => {
-                let why = format!("{} not readable ({e})", path.display());
-                if std::env::var("PUSHGATE_REQUIRE_ALL").as_deref() == Ok("1") {
-                    panic!("{why}");
-                }
-                // Straight to stderr: the test harness captures eprintln! of passing tests.
-                let _ = writeln!(std::io::stderr(), "SKIPPED: {why}");
-                None
-            }
-        }
+        let path = crate::test_skip::ews_example(name)?;
+        Some(std::fs::read_to_string(&path).expect("example readable"))
     }
 
     fn answer(operation: Operation, body: &[u8]) -> Result<Element, EwsError> {

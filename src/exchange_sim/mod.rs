@@ -69,8 +69,5 @@ pub use state::{CallCounts, CallRecord, DeliveryRecord, ScriptedFailure, Subscri
 /// A test whose dependency is missing says so; with `PUSHGATE_REQUIRE_ALL=1` it fails instead.
 #[cfg(test)]
 pub(crate) fn missing_dependency(reason: &str) {
-    if std::env::var("PUSHGATE_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-        panic!("required dependency missing: {reason}");
-    }
-    eprintln!("SKIPPED: {reason}");
+    crate::test_skip::skip(reason);
 }

@@ -42,6 +42,11 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(ProxiedPeer, usize)>, ProxyHea
         };
     }
     match result {
+        // ppp also takes a v1 line ending in " \n" when the bytes read end there, and refuses the
+        // same line once more bytes follow: only CRLF ends a v1 header, however the bytes arrive.
+        HeaderResult::V1(Ok(header)) if !header.header.ends_with("\r\n") => {
+            Err(ProxyHeaderError::Invalid)
+        }
         HeaderResult::V1(Ok(header)) => {
             let peer = match header.addresses {
                 ppp::v1::Addresses::Tcp4(a) => ProxiedPeer::Client(SocketAddr::new(
@@ -150,6 +155,35 @@ mod tests {
         .build()
         .unwrap();
         assert_eq!(parse_header(&local).unwrap().unwrap().0, ProxiedPeer::Local);
+    }
+
+    #[test]
+    fn v1_ends_in_crlf_however_the_bytes_arrive() {
+        // Found by the proxy_header fuzz target: a line ending in " \n" was accepted when the
+        // read ended right after it and refused when the next bytes came in the same read.
+        for text in [
+            &b"PROXY TCP6 ::0 :: 510 0 \n"[..],
+            b"PROXY TCP6 ::0 :: 510 0 \n`",
+            b"PROXY TCP4 40.92.0.1 10.0.0.1 51000 443 \n",
+            b"PROXY TCP4 40.92.0.1 10.0.0.1 51000 443 \n\x16\x03\x01",
+            b"PROXY UNKNOWN \n",
+        ] {
+            assert_eq!(
+                parse_header(text),
+                Err(ProxyHeaderError::Invalid),
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        // Still waiting for the end of a line that may yet end in CRLF.
+        assert_eq!(
+            parse_header(b"PROXY TCP4 40.92.0.1 10.0.0.1 51000 443"),
+            Ok(None)
+        );
+        assert_eq!(
+            parse_header(b"PROXY TCP4 40.92.0.1 10.0.0.1 51000 443\r"),
+            Ok(None)
+        );
     }
 
     #[test]

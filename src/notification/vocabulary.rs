@@ -655,14 +655,12 @@ pub(super) fn contains(list: &[&str], value: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// The schema files, when this machine has them (the project must pass without them).
-    fn schema_file(name: &str) -> Option<String> {
-        let dir = std::env::var_os("PUSHGATE_EWS_SCHEMA_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/ews-schema")
-            });
-        std::fs::read_to_string(dir.join(name)).ok()
+    /// The schema files, when this machine has them (SKIPPED otherwise, or a failure with
+    /// `PUSHGATE_REQUIRE_ALL=1`).
+    fn schema_files() -> Option<(String, String)> {
+        let dir = crate::test_skip::ews_schema(&["messages.xsd", "types.xsd"])?;
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).expect("schema readable");
+        Some((read("messages.xsd"), read("types.xsd")))
     }
 
     /// The quoted values of `attribute` inside the first block that starts with `opening`.
@@ -701,9 +699,7 @@ mod tests {
 
     #[test]
     fn lists_match_the_schema_files() {
-        let (Some(messages), Some(types)) = (schema_file("messages.xsd"), schema_file("types.xsd"))
-        else {
-            eprintln!("SKIP: EWS schema files not found (set PUSHGATE_EWS_SCHEMA_DIR)");
+        let Some((messages, types)) = schema_files() else {
             return;
         };
         let mut codes = values_in_block(

@@ -71,6 +71,12 @@ pub enum Refusal {
     #[error("{net} is broader than /{minimum} (`ranges.min_prefix_v4` / `ranges.min_prefix_v6`)")]
     TooBroad { net: IpNet, minimum: u8 },
     #[error(
+        "{net} covers IPv4-mapped addresses (::ffff:0:0/96), which the gateway admits as IPv4 \
+         clients untouched by `ranges.min_prefix_v4` and `ranges.exclude_ranges`; list IPv4 \
+         ranges as IPv4"
+    )]
+    MappedIpv4 { net: IpNet },
+    #[error(
         "the new list drops {percent:.1}% of the {family} addresses the current file admits \
          (limit {max_percent}%, `ranges.max_shrink_percent`); run with --force if this is expected"
     )]

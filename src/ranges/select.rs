@@ -166,9 +166,21 @@ where
 }
 
 /// Refuses prefixes broader than the configured minimum: a /4 in the feed is a bug or an
-/// attack, never a list of front ends.
+/// attack, never a list of front ends. An IPv6 range that reaches into the IPv4-mapped block is
+/// refused too: the allowlist admits those addresses as IPv4 clients, so `::/16` would admit all
+/// of IPv4 past the IPv4 minimum, and IPv4 exclusions do not cut IPv6 ranges (found by the `feed`
+/// fuzz target).
 pub fn check_prefixes(nets: &[IpNet], min_prefix_v4: u8, min_prefix_v6: u8) -> Result<(), Refusal> {
+    let mapped: Option<IpNet> = Ipv6Net::new(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96)
+        .ok()
+        .map(IpNet::V6);
     for net in nets {
+        let truncated = net.trunc();
+        if let (IpNet::V6(_), Some(mapped)) = (truncated, mapped) {
+            if truncated.contains(&mapped) || mapped.contains(&truncated) {
+                return Err(Refusal::MappedIpv4 { net: *net });
+            }
+        }
         let minimum = match net {
             IpNet::V4(_) => min_prefix_v4,
             IpNet::V6(_) => min_prefix_v6,
@@ -367,6 +379,32 @@ mod tests {
         assert!(err.to_string().contains("32.0.0.0/4"), "{err}");
         assert!(check_prefixes(&nets(&["2000::/3"]), 8, 16).is_err());
         assert!(check_prefixes(&nets(&["10.0.0.0/8"]), 8, 16).is_ok());
+    }
+
+    #[test]
+    fn ipv6_ranges_over_ipv4_mapped_addresses_are_refused() {
+        // Found by the feed fuzz target: `::/40` passed the IPv6 minimum and, through the
+        // allowlist's IPv4-mapped lookup, admitted every IPv4 address, excluded ones included.
+        for text in [
+            "::/40",
+            "::/16",
+            "::ffff:0:0/96",
+            "::ffff:40.92.0.0/111",
+            "::/0",
+        ] {
+            let refused = check_prefixes(&nets(&[text]), 8, 16).unwrap_err();
+            assert!(
+                matches!(refused, Refusal::MappedIpv4 { .. }),
+                "{text}: {refused}"
+            );
+        }
+        // Next to the mapped block, and real Exchange ranges, are fine.
+        assert!(check_prefixes(
+            &nets(&["::1/128", "::fffe:0:0/96", "2603:1006::/40"]),
+            8,
+            16
+        )
+        .is_ok());
     }
 
     #[test]

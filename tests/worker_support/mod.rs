@@ -3,6 +3,9 @@
 //! sockets, and worker configurations. Loopback only.
 #![allow(dead_code)]
 
+#[path = "../skip/mod.rs"]
+pub mod skip;
+
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -22,6 +25,34 @@ pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test"
 pub const TOKEN: &str = "test-gateway-token-0123456789";
 pub const LEGACY_PATH: &str = "/Webservices/SyncNotification.svc";
 
+/// `url` without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(config) if config.get_password().is_some() => match url.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((credentials, host)) => {
+                    let user = credentials.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{host}")
+                }
+                None => url.to_string(),
+            },
+            // key=value form
+            None => url
+                .split_whitespace()
+                .map(|part| {
+                    if part.starts_with("password=") {
+                        "password=***"
+                    } else {
+                        part
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        },
+        _ => url.to_string(),
+    }
+}
+
 pub fn postgres_base_url() -> String {
     std::env::var("PUSHGATE_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_string())
 }
@@ -35,15 +66,30 @@ pub struct PgSchema {
 }
 
 impl PgSchema {
-    /// `None` (after printing why) when no PostgreSQL server answers.
+    /// `None` (after [`skip::skip`] said why) when nothing listens where the test database
+    /// should be. Any other connection error (wrong password, unknown database, TLS demanded,
+    /// timeout) fails the test: that is a broken setup, not a missing server.
     pub async fn create(test: &str) -> Option<PgSchema> {
         let base_url = postgres_base_url();
         let client = match pg_connect(&base_url).await {
             Ok(client) => client,
-            Err(error) => {
-                eprintln!("skipping {test}: PostgreSQL not reachable at {base_url}: {error}");
+            Err(error) if skip::nothing_listens(&error) => {
+                skip::skip_as(
+                    test,
+                    format!(
+                        "no PostgreSQL server at {}: {}",
+                        redact(&base_url),
+                        skip::with_causes(&error)
+                    ),
+                );
                 return None;
             }
+            Err(error) => panic!(
+                "PostgreSQL at {} refused the test's connection: {} \
+                 (check PUSHGATE_TEST_POSTGRES_URL: user, password, database, TLS)",
+                redact(&base_url),
+                skip::with_causes(&error)
+            ),
         };
         let schema = format!("pushgate_test_{}", rand::random::<u64>());
         if let Err(error) = client
