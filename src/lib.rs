@@ -22,4 +22,5 @@ pub mod ranges;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod token_file;
 pub mod worker;

@@ -253,6 +253,15 @@ pub struct Options {
     pub ranges_reload_interval: Duration,
     /// Point the gateway at this upstream instead of a counting one (e.g. a real worker).
     pub upstream: Option<String>,
+    /// Off (0) unless a test is about it: most suites send more than Exchange would from one
+    /// address.
+    pub rate_limit_per_source: u32,
+    pub rate_limit_burst: u32,
+    pub max_connections_per_source: usize,
+    pub keepalive_max_requests: u32,
+    pub keepalive_idle_timeout: Duration,
+    /// Access log destination; `None`: `access.log` in the harness directory.
+    pub access_log: Option<String>,
 }
 
 impl Default for Options {
@@ -268,6 +277,12 @@ impl Default for Options {
             tls_reload_interval: Duration::from_millis(200),
             ranges_reload_interval: Duration::from_millis(100),
             upstream: None,
+            rate_limit_per_source: 0,
+            rate_limit_burst: 1,
+            max_connections_per_source: 256,
+            keepalive_max_requests: 1000,
+            keepalive_idle_timeout: Duration::from_secs(75),
+            access_log: None,
         }
     }
 }
@@ -334,7 +349,15 @@ impl Harness {
         g.header_timeout = options.header_timeout;
         g.body_timeout = options.body_timeout;
         g.max_body_bytes = options.max_body_bytes;
-        g.access_log = dir.path().join("access.log").display().to_string();
+        g.access_log = options
+            .access_log
+            .clone()
+            .unwrap_or_else(|| dir.path().join("access.log").display().to_string());
+        g.rate_limit_per_source = options.rate_limit_per_source;
+        g.rate_limit_burst = options.rate_limit_burst;
+        g.max_connections_per_source = options.max_connections_per_source;
+        g.keepalive_max_requests = options.keepalive_max_requests;
+        g.keepalive_idle_timeout = options.keepalive_idle_timeout;
         g.shutdown_grace = Duration::from_secs(2);
         config.check().expect("harness configuration is valid");
 
