@@ -604,15 +604,21 @@ async fn read_and_decide(
     class: PeerClass,
     shared: &Shared,
 ) -> Result<(Decision, usize), HeadFailure> {
+    // A kept-alive connection may already hold the whole next request (pipelined): look at what
+    // is there before waiting for more.
+    let mut read_first = buf.is_empty();
     loop {
-        let n = stream.read_buf(buf).await.map_err(HeadFailure::Io)?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Err(HeadFailure::ClosedEarly)
-            } else {
-                Err(HeadFailure::Refused(Reject::MalformedRequest))
-            };
+        if read_first {
+            let n = stream.read_buf(buf).await.map_err(HeadFailure::Io)?;
+            if n == 0 {
+                return if buf.is_empty() {
+                    Err(HeadFailure::ClosedEarly)
+                } else {
+                    Err(HeadFailure::Refused(Reject::MalformedRequest))
+                };
+            }
         }
+        read_first = true;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(buf) {

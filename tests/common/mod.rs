@@ -70,6 +70,20 @@ impl Recorded {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// Bytes of the request as written on the wire (request line, fields, empty line, body).
+    pub fn wire_size(&self) -> usize {
+        let line = format!(
+            "{} {} HTTP/1.{}\r\n",
+            self.method, self.target, self.version
+        );
+        let fields: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + 2 + value.len() + 2)
+            .sum();
+        line.len() + fields + 2 + self.body.len()
+    }
+
     pub fn header_count(&self, name: &str) -> usize {
         self.headers
             .iter()
@@ -567,4 +581,77 @@ pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin + ?Sized>(stream: &mu
     })
     .await;
     out
+}
+
+/// A notification as a pooling load balancer forwards it: no `Connection: close`, and the client
+/// it speaks for in `X-Forwarded-For`.
+pub fn balancer_request(client: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"{}\"\r\nX-Forwarded-For: {client}\r\nContent-Length: {}\r\n\r\n",
+        pushgate::exchange_sim::client::SEND_NOTIFICATION_ACTION,
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Reads answers one after another off one connection, keeping whatever arrived after an answer
+/// for the next one (answers to pipelined requests can come in one read).
+#[derive(Default)]
+pub struct AnswerReader {
+    buf: Vec<u8>,
+}
+
+impl AnswerReader {
+    /// The next answer (framed by `Content-Length`), or `None` when the connection closed first
+    /// (nothing, or an unfinished answer, left).
+    pub async fn next<S: tokio::io::AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        stream: &mut S,
+    ) -> Option<RawResponse> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head_len)) = response.parse(&self.buf) {
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let status = response.code.unwrap_or(0);
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .expect("every gateway answer has a Content-Length");
+                if self.buf.len() >= head_len + length {
+                    let body = self.buf[head_len..head_len + length].to_vec();
+                    self.buf.drain(..head_len + length);
+                    return Some(RawResponse {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            let read = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk)).await;
+            match read.expect("the gateway answers or closes in time") {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Whether bytes were left over after the answers read so far.
+    pub fn leftover(&self) -> &[u8] {
+        &self.buf
+    }
 }
