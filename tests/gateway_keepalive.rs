@@ -256,7 +256,7 @@ async fn a_refused_head_in_the_middle_closes_and_nothing_after_it_is_forwarded()
             assert_eq!(answer.status, status, "{case}");
             assert_eq!(connection_field(&answer), "close", "{case}");
             assert_closed(&mut reader, &mut stream, &case).await;
-            assert_upstream_saw_exactly(&h, &[body.clone()], &case);
+            assert_upstream_saw_exactly(&h, std::slice::from_ref(&body), &case);
             h.stop().await;
         }
     }
