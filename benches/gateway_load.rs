@@ -306,6 +306,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 struct Tally {
     latencies_us: Vec<u32>,
     errors: u64,
+    handshakes: u64,
+    resumed: u64,
 }
 
 async fn worker(plan: Arc<Plan>, measure_from: Instant, until: Instant) -> Tally {
@@ -314,10 +316,18 @@ async fn worker(plan: Arc<Plan>, measure_from: Instant, until: Instant) -> Tally
     let mut kept = None;
     while Instant::now() < until {
         let started = Instant::now();
+        // (handshakes, resumed) of this request, counted once it is known to be measured.
+        let mut handshakes = (0u64, 0u64);
         let outcome = tokio::time::timeout(REQUEST_TIMEOUT, async {
             let mut stream = match kept.take() {
                 Some(stream) => stream,
-                None => connect(&plan).await?,
+                None => {
+                    let stream = connect(&plan).await?;
+                    let kind = stream.get_ref().1.handshake_kind();
+                    handshakes.0 += 1;
+                    handshakes.1 += u64::from(kind == Some(rustls::HandshakeKind::Resumed));
+                    stream
+                }
             };
             let close = exchange(&mut stream, &plan.request, &mut buf).await?;
             if plan.mode == Mode::KeepAlive && !close {
@@ -329,6 +339,8 @@ async fn worker(plan: Arc<Plan>, measure_from: Instant, until: Instant) -> Tally
         if started < measure_from {
             continue;
         }
+        tally.handshakes += handshakes.0;
+        tally.resumed += handshakes.1;
         match outcome {
             Ok(Ok(())) => tally
                 .latencies_us
@@ -438,9 +450,11 @@ fn run(options: &HashMap<String, String>) {
         .collect();
     latencies.sort_unstable();
     let errors: u64 = tallies.iter().map(|t| t.errors).sum();
+    let handshakes: u64 = tallies.iter().map(|t| t.handshakes).sum();
+    let resumed: u64 = tallies.iter().map(|t| t.resumed).sum();
     let requests = latencies.len() as f64;
     println!(
-        "{{\"mode\":\"{:?}\",\"concurrency\":{concurrency},\"requests\":{},\"errors\":{errors},\"seconds\":{elapsed:.2},\"rps\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"cpu_s\":{cpu:.2},\"cpu_s_per_1000\":{:.3}}}",
+        "{{\"mode\":\"{:?}\",\"concurrency\":{concurrency},\"requests\":{},\"errors\":{errors},\"seconds\":{elapsed:.2},\"rps\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"cpu_s\":{cpu:.2},\"cpu_s_per_1000\":{:.3},\"handshakes\":{handshakes},\"resumed\":{resumed}}}",
         plan.mode,
         latencies.len(),
         requests / elapsed,
