@@ -77,11 +77,11 @@ TOKEN=bench-token-0123456789
 for kind in ecdsa rsa; do
     if [ $kind = ecdsa ]; then keyopt=(-newkey ec -pkeyopt ec_paramgen_curve:P-256); else keyopt=(-newkey rsa:2048); fi
     openssl req -x509 "${keyopt[@]}" -nodes -days 30 -subj "/CN=localhost" \
-        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -addext "basicConstraints=critical,CA:FALSE" \
         -keyout "$DIR/$kind.key" -out "$DIR/$kind.pem" 2>/dev/null
 done
 # The same allowlist on both sides: the shipped ranges file plus the benchmark's client.
-{ cat ranges/exchange-online.txt; echo "$CLIENT/32"; } > "$DIR/ranges.txt"
+{ grep -v "^# count:" ranges/exchange-online.txt; echo "$CLIENT/32"; } > "$DIR/ranges.txt"
 grep -v '^#' "$DIR/ranges.txt" | grep -v '^[[:space:]]*$' | sed 's/$/ 1;/' > "$DIR/nginx-allowlist.conf"
 echo "$TOKEN" > "$DIR/token"
 mkdir -p "$DIR/client_body" "$DIR/proxy" "$DIR/fastcgi" "$DIR/uwsgi" "$DIR/scgi"
@@ -95,6 +95,7 @@ wait_port() { # host:port
         sleep 0.1
     done
     echo "nothing listens on $1" >&2
+    tail -n 5 "$DIR"/pushgate.log "$DIR"/nginx-error.log "$DIR"/stub.log >&2 || true
     return 1
 }
 wait_port "$STUB_ADDR"

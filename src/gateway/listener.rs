@@ -28,7 +28,7 @@ use super::access_log::{now_rfc3339, AccessRecord};
 use super::body::{ChunkedDecoder, ChunkedError, Progress};
 use super::client::{canonical, resolve_client};
 use super::forward::{self, CheckedRequest};
-use super::lent::LentStream;
+use super::lent::{LentStream, Returned};
 use super::limits::SourceAtLimit;
 use super::proxy::{Admitted, GatewayProxy};
 use super::proxy_protocol::{read_header, ProxiedPeer};
@@ -196,7 +196,8 @@ async fn serve_connection(
 
     let deadline = Instant::now() + shared.handshake_timeout;
     // The address the connection speaks for, as far as the transport can tell.
-    let mut _slot = None;
+    // Held for the life of the connection when a PROXY header names the client.
+    let mut _proxied_slot = None;
     let source = if shared.proxy_protocol && class == PeerClass::TrustedProxy {
         let Some(source) = proxied_source(&mut l4, peer, deadline, shared).await else {
             return;
@@ -204,7 +205,7 @@ async fn serve_connection(
         if source != peer.ip() {
             // The client the balancer named holds its share of connections, as if direct.
             match shared.source_limits.open_connection(source) {
-                Ok(slot) => _slot = slot,
+                Ok(slot) => _proxied_slot = slot,
                 Err(SourceAtLimit) => {
                     shared
                         .metrics
@@ -505,7 +506,15 @@ async fn serve_request(
     // returns is what gives the connection back.
     let kept = keep_alive && reusable.is_some();
     drop(reusable);
-    let stream = returned.await.ok()?;
+    let Returned {
+        mut stream,
+        unflushed,
+    } = returned.await.ok()?;
+    if !unflushed.is_empty() {
+        // Pingora flushes every answer it completes; this is what an interrupted one left.
+        stream.write_all(&unflushed).await.ok()?;
+        stream.flush().await.ok()?;
+    }
     answered(stream, kept.then_some(buf))
 }
 
@@ -701,8 +710,10 @@ fn admit(client: IpAddr, head: &Head<'_>, shared: &Shared) -> Result<Route, Reje
     Ok(route)
 }
 
+/// 128 random bits as 32 hex digits, like a UUID without its dashes. From the thread's own
+/// generator (seeded once from the system), so no system call per request.
 fn new_request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    format!("{:032x}", rand::random::<u128>())
 }
 
 const CONFIRMATION_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -441,6 +441,24 @@ impl Harness {
         }
     }
 
+    /// The access log once it holds at least `count` lines (lines reach the file from a writer
+    /// thread, a little after their requests end); panics after 10 s.
+    pub async fn access_log_lines(&self, count: usize) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            if log.lines().count() >= count {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "access log never held {count} lines: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The gateway's metrics text.
     pub async fn metrics(&self) -> String {
         let target = Target::plain(self.gateway().metrics_addr);
