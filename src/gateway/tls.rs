@@ -105,7 +105,10 @@ impl ResolvesServerCert for ReloadingCertResolver {
     }
 }
 
-/// The server configuration: TLS 1.2 and 1.3, no client certificates, ALPN `http/1.1`.
+/// The server configuration: TLS 1.2 and 1.3, no client certificates, ALPN `http/1.1`, and
+/// session resumption through stateless tickets (keys made at start and rotated every 6 hours, as
+/// rustls' ticketer does). The default stateful cache holds 256 sessions, which a busy sender
+/// outruns: its resumptions would then fall back to full handshakes.
 pub fn server_config(resolver: Arc<ReloadingCertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -113,6 +116,7 @@ pub fn server_config(resolver: Arc<ReloadingCertResolver>) -> Result<Arc<ServerC
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
     Ok(Arc::new(config))
 }
 
