@@ -107,8 +107,8 @@ impl ResolvesServerCert for ReloadingCertResolver {
 
 /// The server configuration: TLS 1.2 and 1.3, no client certificates, ALPN `http/1.1`, and
 /// session resumption through stateless tickets (keys made at start and rotated every 6 hours, as
-/// rustls' ticketer does). The default stateful cache holds 256 sessions, which a busy sender
-/// outruns: its resumptions would then fall back to full handshakes.
+/// rustls' ticketer does), as nginx is set up in the benchmark: no server-side session cache to
+/// size (rustls' default stateful cache holds 256 sessions).
 pub fn server_config(resolver: Arc<ReloadingCertResolver>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
