@@ -84,6 +84,19 @@ pub struct GatewayConfig {
     pub access_log: String,
     /// Worker threads of the gateway's runtime; 0 means one per core.
     pub threads: usize,
+    /// Requests served on one connection from a `trusted_proxies` address (a pooling load
+    /// balancer); 1 turns keep-alive off. Every other source gets one request per connection.
+    pub keepalive_max_requests: u32,
+    /// A kept-alive connection with no new request for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_idle_timeout: Duration,
+    /// Requests per second admitted from one client address (token bucket, refill rate); 0: off.
+    pub rate_limit_per_source: u32,
+    /// Requests one client address may send at once above the rate (bucket size).
+    pub rate_limit_burst: u32,
+    /// Connections open at once from one source address (the peer, or the client a PROXY header
+    /// names); further ones are closed before TLS. 0: off.
+    pub max_connections_per_source: usize,
 }
 
 impl Default for GatewayConfig {
@@ -116,6 +129,11 @@ impl Default for GatewayConfig {
             shutdown_grace: Duration::from_secs(10),
             access_log: "stdout".into(),
             threads: 0,
+            keepalive_max_requests: 1000,
+            keepalive_idle_timeout: Duration::from_secs(75),
+            rate_limit_per_source: 200,
+            rate_limit_burst: 1000,
+            max_connections_per_source: 256,
         }
     }
 }
@@ -255,6 +273,10 @@ pub struct WorkerConfig {
     pub group_commit_wait: Duration,
     /// Most notifications in one commit.
     pub group_commit_max: usize,
+    /// After `gateway_token_file` changes, the previous token is still accepted this long, so
+    /// gateway and worker need not pick the new one up at the same instant.
+    #[serde(with = "humantime_serde")]
+    pub token_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -270,6 +292,7 @@ impl Default for WorkerConfig {
             time_scale: 1.0,
             group_commit_wait: Duration::from_millis(2),
             group_commit_max: 256,
+            token_grace: Duration::from_secs(300),
         }
     }
 }
@@ -705,6 +728,7 @@ impl Config {
             ("gateway.handshake_timeout", g.handshake_timeout),
             ("gateway.tls_reload_interval", g.tls_reload_interval),
             ("gateway.ranges_reload_interval", g.ranges_reload_interval),
+            ("gateway.keepalive_idle_timeout", g.keepalive_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::key(key, "must be longer than zero"));
@@ -720,6 +744,18 @@ impl Config {
             return Err(ConfigError::key(
                 "gateway.max_connections",
                 "must be at least 1",
+            ));
+        }
+        if g.keepalive_max_requests == 0 {
+            return Err(ConfigError::key(
+                "gateway.keepalive_max_requests",
+                "must be at least 1 (1: one request per connection)",
+            ));
+        }
+        if g.rate_limit_per_source > 0 && g.rate_limit_burst == 0 {
+            return Err(ConfigError::key(
+                "gateway.rate_limit_burst",
+                "must be at least 1 while gateway.rate_limit_per_source is on",
             ));
         }
 

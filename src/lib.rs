@@ -22,6 +22,7 @@ pub mod ranges;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod token_file;
 pub mod worker;
 
 /// The tests' skip helper (`tests/skip/mod.rs`), for unit tests that need the EWS schema or

@@ -404,7 +404,7 @@ async fn bytes_after_the_body_never_change_what_the_worker_and_the_log_see() {
         0.0,
         "nothing counted as refused"
     );
-    let log = h.access_log_with("forwarded").await;
+    let log = h.access_log_lines(sent).await;
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|line| serde_json::from_str(line).unwrap())

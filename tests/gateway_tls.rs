@@ -163,3 +163,47 @@ async fn certificate_swapped_on_disk_while_connections_are_open() {
     );
     h.stop().await;
 }
+
+/// Resumption is allowed: a client that keeps its session resumes every later handshake
+/// (stateless tickets, so no server cache can run out under load).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn later_handshakes_resume_the_session() {
+    use tokio::io::AsyncReadExt;
+    let h = Harness::start().await;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut h.ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let mut kinds = Vec::new();
+    for _ in 0..20 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(std::net::SocketAddr::new(ALLOWED, 0)).unwrap();
+        let tcp = socket.connect(h.tls_addr()).await.unwrap();
+        let mut tls = connector
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        kinds.push(tls.get_ref().1.handshake_kind());
+        tls.write_all(HEALTH).await.unwrap();
+        // Reading the answer to the end also reads the session tickets sent after the handshake.
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(TIMEOUT, tls.read_to_end(&mut answer)).await;
+        assert!(answer.starts_with(b"HTTP/1.1 200 "));
+    }
+    assert_eq!(kinds[0], Some(rustls::HandshakeKind::Full));
+    assert!(
+        kinds[1..]
+            .iter()
+            .all(|kind| *kind == Some(rustls::HandshakeKind::Resumed)),
+        "{kinds:?}"
+    );
+    h.stop().await;
+}

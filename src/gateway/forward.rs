@@ -75,10 +75,16 @@ pub fn upstream_fields(
     fields
 }
 
-/// The request as pingora reads it: request line, the request fields, `Connection: close`, the
-/// body. Pingora parses only these bytes, never the client's; the gateway's own fields are added
-/// when the upstream request is built, so the token never passes through a parser.
-pub fn replayed_request(checked: &CheckedRequest, upstream_host: &str, body: &[u8]) -> Bytes {
+/// The request as pingora reads it: request line, the request fields, `Connection` (`close`, or
+/// `keep-alive` when the client's connection is kept for another request), the body. Pingora
+/// parses only these bytes, never the client's; the gateway's own fields are added when the
+/// upstream request is built, so the token never passes through a parser.
+pub fn replayed_request(
+    checked: &CheckedRequest,
+    upstream_host: &str,
+    body: &[u8],
+    keep_alive: bool,
+) -> Bytes {
     let mut out = BytesMut::with_capacity(256 + body.len());
     out.put_slice(b"POST ");
     out.put_slice(checked.head.target.as_bytes());
@@ -89,7 +95,11 @@ pub fn replayed_request(checked: &CheckedRequest, upstream_host: &str, body: &[u
         out.put_slice(value.as_bytes());
         out.put_slice(b"\r\n");
     }
-    out.put_slice(b"Connection: close\r\n\r\n");
+    out.put_slice(if keep_alive {
+        b"Connection: keep-alive\r\n\r\n".as_slice()
+    } else {
+        b"Connection: close\r\n\r\n".as_slice()
+    });
     out.put_slice(body);
     out.freeze()
 }
@@ -145,7 +155,7 @@ mod tests {
 
     #[test]
     fn replayed_request_is_one_complete_request() {
-        let bytes = replayed_request(&checked(), "[::1]:8080", b"<a/>!");
+        let bytes = replayed_request(&checked(), "[::1]:8080", b"<a/>!", false);
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut request = httparse::Request::new(&mut headers);
         let httparse::Status::Complete(head_len) = request.parse(&bytes).unwrap() else {
@@ -170,5 +180,8 @@ mod tests {
         );
         assert_eq!(&bytes[head_len..], b"<a/>!");
         assert!(!String::from_utf8_lossy(&bytes).contains("Authorization"));
+        assert!(String::from_utf8_lossy(&bytes).contains("\r\nConnection: close\r\n"));
+        let kept = replayed_request(&checked(), "[::1]:8080", b"<a/>!", true);
+        assert!(String::from_utf8_lossy(&kept).contains("\r\nConnection: keep-alive\r\n"));
     }
 }

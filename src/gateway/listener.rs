@@ -28,7 +28,8 @@ use super::access_log::{now_rfc3339, AccessRecord};
 use super::body::{ChunkedDecoder, ChunkedError, Progress};
 use super::client::{canonical, resolve_client};
 use super::forward::{self, CheckedRequest};
-use super::lent::LentStream;
+use super::lent::{LentStream, Returned};
+use super::limits::SourceAtLimit;
 use super::proxy::{Admitted, GatewayProxy};
 use super::proxy_protocol::{read_header, ProxiedPeer};
 use super::reject::{http_date_now, DirectAnswer, Reject};
@@ -138,6 +139,18 @@ pub async fn accept_loop(
         } else {
             PeerClass::Direct
         };
+        // A balancer speaks for many clients: its connections are counted per client once a
+        // PROXY header names one, and otherwise only by `max_connections`.
+        let slot = match class {
+            PeerClass::TrustedProxy => None,
+            PeerClass::Direct => match shared.source_limits.open_connection(peer.ip()) {
+                Ok(slot) => slot,
+                Err(SourceAtLimit) => {
+                    refuse_at_connection_limit(tcp, peer, &shared);
+                    continue;
+                }
+            },
+        };
         shared.metrics.connections_accepted.inc();
         let shared = shared.clone();
         let proxy = proxy.clone();
@@ -145,11 +158,26 @@ pub async fn accept_loop(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             shared.metrics.connections_active.inc();
             serve_connection(tcp, peer, class, tls, &shared, &proxy, &shutdown).await;
             shared.metrics.connections_active.dec();
         });
     }
+}
+
+/// Resets a connection from a source that already holds `max_connections_per_source`: before
+/// TLS, like an unlisted source, so it costs the gateway no handshake.
+fn refuse_at_connection_limit(tcp: TcpStream, peer: SocketAddr, shared: &Shared) {
+    shared
+        .metrics
+        .connections_rejected
+        .with_label_values(&["source_connection_limit"])
+        .inc();
+    shared.connection_log.note("source_connection_limit", peer);
+    #[allow(deprecated)]
+    let _ = tcp.set_linger(Some(Duration::ZERO));
+    drop(tcp);
 }
 
 async fn serve_connection(
@@ -168,15 +196,34 @@ async fn serve_connection(
 
     let deadline = Instant::now() + shared.handshake_timeout;
     // The address the connection speaks for, as far as the transport can tell.
+    // Held for the life of the connection when a PROXY header names the client.
+    let mut _proxied_slot = None;
     let source = if shared.proxy_protocol && class == PeerClass::TrustedProxy {
-        match proxied_source(&mut l4, peer, deadline, shared).await {
-            Some(source) => source,
-            None => return,
+        let Some(source) = proxied_source(&mut l4, peer, deadline, shared).await else {
+            return;
+        };
+        if source != peer.ip() {
+            // The client the balancer named holds its share of connections, as if direct.
+            match shared.source_limits.open_connection(source) {
+                Ok(slot) => _proxied_slot = slot,
+                Err(SourceAtLimit) => {
+                    shared
+                        .metrics
+                        .connections_rejected
+                        .with_label_values(&["source_connection_limit"])
+                        .inc();
+                    shared
+                        .connection_log
+                        .note("source_connection_limit", SocketAddr::new(source, 0));
+                    return;
+                }
+            }
         }
+        source
     } else {
         peer.ip()
     };
-    let Some(stream) = handshake(l4, tls, peer, deadline, shared).await else {
+    let Some(mut stream) = handshake(l4, tls, peer, deadline, shared).await else {
         return;
     };
     // rustls names versions `TLSv1_3`; operators read `TLSv1.3`.
@@ -188,23 +235,79 @@ async fn serve_connection(
         class,
         tls: tls_version,
     };
-    let answered = serve_request(
-        stream,
-        BytesMut::new(),
-        &connection,
-        shared,
-        proxy,
-        shutdown,
-    )
-    .await;
-    if let Some(Answered { mut stream, after }) = answered {
-        // One request per connection, as Exchange uses them: whatever the client sent after its
-        // request (`after`, and anything still coming) is never read as a request; `linger`
-        // discards it. Keep-alive (for trusted proxies) would instead, when `after` is `Some`,
-        // call `serve_request` again with `stream` and those bytes: the next request is read only
-        // once this one is answered, and passes every rule on its own.
-        drop(after);
-        linger(&mut stream).await;
+    // One request per connection, as Exchange uses them: whatever a client sends after its
+    // request is never read as a request. A trusted proxy (a balancer pooling its connections)
+    // may send up to `keepalive_max_requests`, one after another: the next request is read only
+    // once the previous one is answered, and passes every rule on its own.
+    let max_requests = match class {
+        PeerClass::TrustedProxy => shared.keepalive_max_requests.max(1),
+        PeerClass::Direct => 1,
+    };
+    let mut buf = BytesMut::new();
+    let mut served = 0u32;
+    loop {
+        served += 1;
+        if served > 1 {
+            shared.metrics.keepalive_requests.inc();
+        }
+        let may_keep_alive = served < max_requests && !*shutdown.borrow();
+        let Some(answered) = serve_request(
+            stream,
+            buf,
+            &connection,
+            may_keep_alive,
+            shared,
+            proxy,
+            shutdown,
+        )
+        .await
+        else {
+            return;
+        };
+        stream = answered.stream;
+        let Some(next) = answered.next else {
+            // `linger` discards whatever the client still sends.
+            linger(&mut stream).await;
+            return;
+        };
+        buf = next;
+        if buf.is_empty() {
+            match wait_for_next_request(&mut stream, &mut buf, shared, shutdown).await {
+                NextRequest::Arrived => {}
+                NextRequest::Closed => return,
+                NextRequest::Idle => {
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// How a kept-alive connection's wait for its next request ended.
+enum NextRequest {
+    /// Bytes of the next request are in the buffer.
+    Arrived,
+    /// The client closed (or broke) the connection.
+    Closed,
+    /// Nothing within `keepalive_idle_timeout`, or the gateway is shutting down.
+    Idle,
+}
+
+async fn wait_for_next_request(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    shutdown: &watch::Receiver<bool>,
+) -> NextRequest {
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        read = tokio::time::timeout(shared.keepalive_idle_timeout, stream.read_buf(buf)) => match read {
+            Ok(Ok(0)) | Ok(Err(_)) => NextRequest::Closed,
+            Ok(Ok(_)) => NextRequest::Arrived,
+            Err(_elapsed) => NextRequest::Idle,
+        },
+        _ = shutdown.changed() => NextRequest::Idle,
     }
 }
 
@@ -218,24 +321,28 @@ struct Connection {
     tls: Option<String>,
 }
 
-/// A request that was answered: the connection, and the bytes read after the end of the request,
-/// which are not part of it.
+/// A request that was answered: the connection, and whether it carries another request.
 struct Answered {
     stream: Stream,
-    /// `Some` only when the request's end is known because its body was read as framed. After a
-    /// refused head or an unfinished body, the bytes that follow may be that request's own body:
-    /// the connection can then carry nothing more.
-    after: Option<BytesMut>,
+    /// `Some` only when the answer kept the connection open (`Connection: keep-alive`) for a next
+    /// request, which then starts with these bytes, read after the end of this one. That needs
+    /// the request's end to be known because its body was read as framed: after a refused head or
+    /// an unfinished body, the bytes that follow may be that request's own body, and the
+    /// connection carries nothing more.
+    next: Option<BytesMut>,
 }
 
 /// Reads one request (starting with the bytes already in `buf`), checks it, and answers it: the
 /// gateway itself for refusals and its pages, the worker through pingora for a notification that
-/// passed every check. Reads stop exactly at the end of the request. `None` when nobody is left
-/// to answer.
+/// passed every check. Reads stop exactly at the end of the request. `may_keep_alive`: the
+/// connection may carry another request after this one (a trusted proxy's, below its request
+/// bound); the answer keeps it open only if, besides, the request's end is known and the client
+/// did not ask to close. `None` when nobody is left to answer.
 async fn serve_request(
     mut stream: Stream,
     mut buf: BytesMut,
     connection: &Connection,
+    may_keep_alive: bool,
     shared: &Arc<Shared>,
     proxy: &Arc<HttpProxy<GatewayProxy>>,
     shutdown: &watch::Receiver<bool>,
@@ -267,6 +374,7 @@ async fn serve_request(
                 target: String::new(),
                 client: Some(connection.source),
                 outcome: Err(reject),
+                wants_close: true,
             },
             buf.len(),
         ),
@@ -303,7 +411,9 @@ async fn serve_request(
         tls: connection.tls.as_deref(),
         head_done: Instant::now(),
     };
-    let answered = |stream, after| Some(Answered { stream, after });
+    let answered = |stream, next| Some(Answered { stream, next });
+    // Whether a request whose end is known leaves the connection open for the next one.
+    let keep_alive = may_keep_alive && !decision.wants_close;
 
     let (head, client) = match (&decision.outcome, decision.client) {
         (Ok(Route::Notification(head)), Some(client)) => (head.clone(), client),
@@ -358,16 +468,19 @@ async fn serve_request(
     shared.metrics.body_bytes.observe(body.len() as f64);
     if let Err(rejection) = notification::validate(&body, &shared.limits) {
         let reject = Reject::InvalidNotification(rejection.reason());
-        let reply = Reply::refused(reject, Some(rejection.detail));
+        let mut reply = Reply::refused(reject, Some(rejection.detail));
+        if let Some(answer) = reply.answer.as_mut() {
+            answer.keep_alive = keep_alive;
+        }
         finish_direct(&mut stream, &seen, reply, bytes_in, shared).await;
-        return answered(stream, Some(buf));
+        return answered(stream, keep_alive.then_some(buf));
     }
 
     let checked = CheckedRequest {
         head,
         body_len: body.len(),
     };
-    let replayed = forward::replayed_request(&checked, &shared.upstream_host, &body);
+    let replayed = forward::replayed_request(&checked, &shared.upstream_host, &body, keep_alive);
     drop(body);
     let admitted = Admitted {
         client,
@@ -378,6 +491,7 @@ async fn serve_request(
         target: decision.target.clone(),
         tls: connection.tls.clone(),
         checked,
+        keep_alive,
     };
     // Pingora reads only the request rebuilt from what was checked, never the client's bytes;
     // it writes its answer to the client and gives the connection back when done.
@@ -387,11 +501,21 @@ async fn serve_request(
         digest.proxy_digest = Some(Arc::new(record));
     }
     let reusable = proxy.process_new_http(session, shutdown).await;
-    // Keep-alive is off, so pingora offers nothing for reuse; dropping whatever it returns is
-    // what gives the connection back.
+    // Pingora offers the connection for reuse only when its answer said `keep-alive` (the worker
+    // answered, with a framed body); after a failure it answered `close`. Dropping whatever it
+    // returns is what gives the connection back.
+    let kept = keep_alive && reusable.is_some();
     drop(reusable);
-    let stream = returned.await.ok()?;
-    answered(stream, Some(buf))
+    let Returned {
+        mut stream,
+        unflushed,
+    } = returned.await.ok()?;
+    if !unflushed.is_empty() {
+        // Pingora flushes every answer it completes; this is what an interrupted one left.
+        stream.write_all(&unflushed).await.ok()?;
+        stream.flush().await.ok()?;
+    }
+    answered(stream, kept.then_some(buf))
 }
 
 /// Reads a trusted balancer's PROXY header; the client it names (or the balancer itself for
@@ -469,6 +593,8 @@ struct Decision {
     target: String,
     client: Option<IpAddr>,
     outcome: Result<Route, Reject>,
+    /// `Connection: close`, or HTTP/1.0 without `keep-alive`.
+    wants_close: bool,
 }
 
 enum HeadFailure {
@@ -487,15 +613,21 @@ async fn read_and_decide(
     class: PeerClass,
     shared: &Shared,
 ) -> Result<(Decision, usize), HeadFailure> {
+    // A kept-alive connection may already hold the whole next request (pipelined): look at what
+    // is there before waiting for more.
+    let mut read_first = buf.is_empty();
     loop {
-        let n = stream.read_buf(buf).await.map_err(HeadFailure::Io)?;
-        if n == 0 {
-            return if buf.is_empty() {
-                Err(HeadFailure::ClosedEarly)
-            } else {
-                Err(HeadFailure::Refused(Reject::MalformedRequest))
-            };
+        if read_first {
+            let n = stream.read_buf(buf).await.map_err(HeadFailure::Io)?;
+            if n == 0 {
+                return if buf.is_empty() {
+                    Err(HeadFailure::ClosedEarly)
+                } else {
+                    Err(HeadFailure::Refused(Reject::MalformedRequest))
+                };
+            }
         }
+        read_first = true;
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut headers);
         match request.parse(buf) {
@@ -552,6 +684,7 @@ fn decide(
         target: target_logged,
         client: client.ok(),
         outcome,
+        wants_close: rules::client_wants_close(&head),
     }
 }
 
@@ -562,6 +695,9 @@ fn admit(client: IpAddr, head: &Head<'_>, shared: &Shared) -> Result<Route, Reje
     let balancer = shared.trusted.contains(client);
     if !allowlisted && !probe && !balancer {
         return Err(Reject::SourceNotAllowed);
+    }
+    if !shared.source_limits.admit_request(client, Instant::now()) {
+        return Err(Reject::RateLimited);
     }
     let route = rules::route(head, &shared.rules)?;
     if !allowlisted && !route.open_to_probes() {
@@ -574,8 +710,10 @@ fn admit(client: IpAddr, head: &Head<'_>, shared: &Shared) -> Result<Route, Reje
     Ok(route)
 }
 
+/// 128 random bits as 32 hex digits, like a UUID without its dashes. From the thread's own
+/// generator (seeded once from the system), so no system call per request.
 fn new_request_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    format!("{:032x}", rand::random::<u128>())
 }
 
 const CONFIRMATION_PAGE: &str = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\

@@ -11,7 +11,8 @@ pub struct GatewayMetrics {
     pub registry: Registry,
     /// `outcome`: forwarded, rejected, served, upstream_error, internal_error, aborted; `reason`: why.
     pub requests: IntCounterVec,
-    /// Connections closed before TLS, by reason (source_not_allowed, proxy_protocol).
+    /// Connections closed before TLS, by reason (source_not_allowed, proxy_protocol,
+    /// source_connection_limit).
     pub connections_rejected: IntCounterVec,
     pub connections_accepted: IntCounter,
     pub connections_active: IntGauge,
@@ -26,6 +27,12 @@ pub struct GatewayMetrics {
     /// Certificate reloads, by result (reloaded, refused).
     pub tls_reloads: IntCounterVec,
     pub tls_certificate_loaded_timestamp: IntGauge,
+    /// `notAfter` of the leaf certificate in use, set on every (re)load.
+    pub tls_certificate_expiry_timestamp: IntGauge,
+    /// Access-log lines lost because the destination did not keep up.
+    pub access_log_dropped: IntCounter,
+    /// Requests served on connections kept alive (trusted proxies), beyond the first.
+    pub keepalive_requests: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -101,6 +108,18 @@ impl GatewayMetrics {
             "pushgate_gateway_tls_certificate_loaded_timestamp_seconds",
             "When the certificate in use was loaded (Unix time).",
         )?;
+        let tls_certificate_expiry_timestamp = IntGauge::new(
+            "pushgate_gateway_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate in use expires (its notAfter, Unix time).",
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "pushgate_gateway_access_log_dropped_total",
+            "Access-log lines dropped because the destination did not keep up.",
+        )?;
+        let keepalive_requests = IntCounter::new(
+            "pushgate_gateway_keepalive_requests_total",
+            "Requests read from a connection kept alive after an earlier request (trusted proxies).",
+        )?;
         let build_info = crate::metrics::build_info("gateway")?;
 
         registry.register(Box::new(requests.clone()))?;
@@ -113,6 +132,9 @@ impl GatewayMetrics {
         registry.register(Box::new(body_bytes.clone()))?;
         registry.register(Box::new(tls_reloads.clone()))?;
         registry.register(Box::new(tls_certificate_loaded_timestamp.clone()))?;
+        registry.register(Box::new(tls_certificate_expiry_timestamp.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(keepalive_requests.clone()))?;
         registry.register(Box::new(build_info))?;
         Ok(Self {
             registry,
@@ -126,6 +148,9 @@ impl GatewayMetrics {
             body_bytes,
             tls_reloads,
             tls_certificate_loaded_timestamp,
+            tls_certificate_expiry_timestamp,
+            access_log_dropped,
+            keepalive_requests,
         })
     }
 

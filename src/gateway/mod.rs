@@ -8,6 +8,7 @@ pub mod body;
 pub mod client;
 pub mod forward;
 pub mod lent;
+pub mod limits;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
@@ -19,9 +20,10 @@ pub mod tls;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::ServerConf;
 use tokio::net::TcpListener;
@@ -29,9 +31,11 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
 use crate::allowlist::{Allowlist, AllowlistMetrics};
-use crate::config::{parse_cidrs, parse_upstream, read_token_file, Config};
+use crate::config::{parse_cidrs, parse_upstream, Config};
 use crate::notification::Limits;
+use crate::token_file::{TokenCheck, TokenFile};
 use client::NetList;
+use limits::{LimitPolicy, SourceLimits};
 use metrics::GatewayMetrics;
 use proxy::GatewayProxy;
 use rules::RulePolicy;
@@ -54,6 +58,10 @@ pub struct Shared {
     pub(crate) metrics: GatewayMetrics,
     pub(crate) access_log: access_log::AccessLog,
     pub(crate) connection_log: RateLimitedLog,
+    /// Requests per connection from trusted proxies (1: no keep-alive).
+    pub(crate) keepalive_max_requests: u32,
+    pub(crate) keepalive_idle_timeout: Duration,
+    pub(crate) source_limits: Arc<SourceLimits>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -164,13 +172,13 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
     let g = &config.gateway;
     let upstream = parse_upstream(&g.upstream).map_err(anyhow::Error::msg)?;
-    let token = read_token_file(&g.upstream_token_file)?;
+    let (token_file, token) = TokenFile::open(&g.upstream_token_file)?;
     let metrics = GatewayMetrics::new().context("registering gateway metrics")?;
     let allowlist_metrics =
         AllowlistMetrics::register(&metrics.registry).context("registering allowlist metrics")?;
     let allowlist =
         Allowlist::load(&g.ranges_file, allowlist_metrics).context("loading the ranges file")?;
-    let access_log = access_log::AccessLog::open(&g.access_log)
+    let access_log = access_log::AccessLog::open(&g.access_log, metrics.access_log_dropped.clone())
         .with_context(|| format!("opening the access log {}", g.access_log))?;
 
     let shared = Arc::new(Shared {
@@ -191,12 +199,20 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         metrics: metrics.clone(),
         access_log,
         connection_log: RateLimitedLog::new(),
+        keepalive_max_requests: g.keepalive_max_requests,
+        keepalive_idle_timeout: g.keepalive_idle_timeout,
+        source_limits: Arc::new(SourceLimits::new(LimitPolicy {
+            rate_per_second: g.rate_limit_per_source,
+            burst: g.rate_limit_burst,
+            connections_per_source: g.max_connections_per_source,
+        })),
     });
 
+    let authorization = Arc::new(ArcSwap::from_pointee(format!("Bearer {token}")));
     let proxy_logic = GatewayProxy {
         shared: shared.clone(),
         upstream: upstream.addr,
-        authorization: format!("Bearer {token}"),
+        authorization: authorization.clone(),
         upstream_timeout: g.upstream_timeout,
         upstream_connect_timeout: g.upstream_connect_timeout,
     };
@@ -212,8 +228,10 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
     if !g.listen.is_empty() {
         let key = tls::load_certified_key(&g.tls_cert, &g.tls_key)
             .context("loading the TLS certificate")?;
+        let expiry = tls::expiry_timestamp(&key);
         let resolver = Arc::new(ReloadingCertResolver::new(key));
         metrics.tls_certificate_loaded_timestamp.set(unix_now());
+        set_expiry(&metrics, expiry);
         let server_config = tls::server_config(resolver.clone())?;
         let acceptor = Arc::new(Acceptor::from_server_config(server_config));
         let listener = bind(&g.listen, "TLS").await?;
@@ -276,6 +294,16 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         .await;
         if let Err(e) = served {
             tracing::error!(error = %e, "metrics listener failed");
+        }
+    }));
+    background.push(spawn_token_watcher(token_file, authorization));
+    let sweep_limits = shared.source_limits.clone();
+    background.push(tokio::spawn(async move {
+        // Buckets of senders gone quiet are forgotten, so the table holds only recent ones.
+        let mut ticker = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            ticker.tick().await;
+            sweep_limits.sweep(Instant::now());
         }
     }));
     let mut reload_shutdown = shutdown_rx.clone();
@@ -342,12 +370,60 @@ fn spawn_cert_watcher(
                 CertCheck::Reloaded => {
                     metrics.tls_reloads.with_label_values(&["reloaded"]).inc();
                     metrics.tls_certificate_loaded_timestamp.set(unix_now());
+                    set_expiry(&metrics, tls::expiry_timestamp(&watcher.current()));
                     tracing::info!("TLS certificate reloaded");
                 }
                 CertCheck::Refused(e) => {
                     metrics.tls_reloads.with_label_values(&["refused"]).inc();
                     tracing::error!(error = %e, "new TLS certificate refused; the previous one stays in use");
                 }
+            }
+        }
+    })
+}
+
+fn set_expiry(metrics: &GatewayMetrics, expiry: Option<i64>) {
+    match expiry {
+        Some(expiry) => metrics.tls_certificate_expiry_timestamp.set(expiry),
+        None => tracing::warn!(
+            "the certificate's expiry date cannot be read; the expiry metric keeps its last value"
+        ),
+    }
+}
+
+/// Re-reads the upstream token file when it changes: forwarded requests carry the new token from
+/// then on (the worker accepts the previous one for `[worker] token_grace`).
+fn spawn_token_watcher(mut file: TokenFile, authorization: Arc<ArcSwap<String>>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(crate::token_file::CHECK_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let checked = tokio::task::spawn_blocking(move || {
+                let outcome = file.check();
+                (file, outcome)
+            })
+            .await;
+            let outcome = match checked {
+                Ok((returned, outcome)) => {
+                    file = returned;
+                    outcome
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "token watcher stopped");
+                    return;
+                }
+            };
+            match outcome {
+                TokenCheck::Unchanged => {}
+                TokenCheck::Rotated(token) => {
+                    authorization.store(Arc::new(format!("Bearer {token}")));
+                    tracing::info!("upstream token file changed; forwarding with the new token");
+                }
+                TokenCheck::Refused(e) => tracing::error!(
+                    error = %e,
+                    "new upstream token refused; the previous one stays in use"
+                ),
             }
         }
     })

@@ -36,6 +36,8 @@ pub struct Admitted {
     pub tls: Option<String>,
     /// The checked head and body length: all the upstream request is built from.
     pub checked: CheckedRequest,
+    /// The client's connection stays open after this answer (trusted proxy, keep-alive).
+    pub keep_alive: bool,
 }
 
 impl Admitted {
@@ -72,8 +74,8 @@ pub struct RequestCtx {
 pub struct GatewayProxy {
     pub(super) shared: Arc<Shared>,
     pub(super) upstream: SocketAddr,
-    /// `Bearer <token>`, read once at start-up.
-    pub(super) authorization: String,
+    /// `Bearer <token>`, replaced when the token file changes.
+    pub(super) authorization: Arc<arc_swap::ArcSwap<String>>,
     pub(super) upstream_timeout: Duration,
     pub(super) upstream_connect_timeout: Duration,
 }
@@ -127,12 +129,16 @@ impl ProxyHttp for GatewayProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Self::CTX) -> Result<bool> {
-        // One request per connection, as Exchange uses them; it also bounds what a client holds.
-        session.set_keepalive(None);
         let Some(admitted) = Admitted::from_session(session) else {
             // Only the gateway's own listener creates sessions, and it always attaches the record.
+            session.set_keepalive(None);
             return Error::e_explain(ErrorType::InternalError, "session without admission record");
         };
+        // One request per connection, as Exchange uses them, unless the listener keeps a trusted
+        // proxy's connection for its next request; it also bounds what a client holds.
+        if !admitted.keep_alive {
+            session.set_keepalive(None);
+        }
         let expected = admitted.checked.body_len;
         ctx.admitted = Some(admitted);
         session.as_downstream_mut().enable_retry_buffering();
@@ -170,6 +176,7 @@ impl ProxyHttp for GatewayProxy {
         };
         // Written from scratch from the allowlist: nothing of the client's head but the checked
         // values, whatever it sent (Connection, Cookie, X_Forwarded_For, ...).
+        let authorization = self.authorization.load();
         let fields = forward::upstream_fields(
             &admitted.checked,
             &GatewayFields {
@@ -177,7 +184,7 @@ impl ProxyHttp for GatewayProxy {
                 client: admitted.client,
                 tls: admitted.tls.is_some(),
                 request_id: &admitted.request_id,
-                authorization: &self.authorization,
+                authorization: &authorization,
             },
         );
         let mut rebuilt = RequestHeader::build(

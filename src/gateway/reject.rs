@@ -57,6 +57,8 @@ pub enum Reject {
     IncompleteBody,
     /// Body not a valid notification; the label comes from the validator.
     InvalidNotification(&'static str),
+    /// The client address sent more than `rate_limit_per_source` allows.
+    RateLimited,
 }
 
 impl Reject {
@@ -69,6 +71,7 @@ impl Reject {
             Reject::BodyTooLarge => 413,
             Reject::UnsupportedMediaType | Reject::UnsupportedContentEncoding => 415,
             Reject::BadExpect => 417,
+            Reject::RateLimited => 429,
             Reject::HeaderTooLarge => 431,
             Reject::UnsupportedVersion => 505,
             Reject::BadForwardedFor
@@ -118,6 +121,7 @@ impl Reject {
             Reject::BadChunkedBody => "bad_chunked_body",
             Reject::IncompleteBody => "incomplete_body",
             Reject::InvalidNotification(label) => label,
+            Reject::RateLimited => "rate_limited",
         }
     }
 
@@ -146,6 +150,9 @@ pub struct DirectAnswer {
     /// A `HEAD` request: the fields of the answer without its body.
     pub head_only: bool,
     pub allow: Option<&'static str>,
+    /// The connection stays open for another request (a kept-alive connection from a trusted
+    /// proxy, after a request whose end is known); otherwise `Connection: close`.
+    pub keep_alive: bool,
 }
 
 impl DirectAnswer {
@@ -167,11 +174,12 @@ impl DirectAnswer {
             body: status_text(status),
             head_only: false,
             allow: None,
+            keep_alive: false,
         }
     }
 
-    /// The header fields of the answer, in order. `Connection: close` because the gateway serves
-    /// one request per connection.
+    /// The header fields of the answer, in order. `Connection: close` unless the connection is
+    /// kept alive for a trusted proxy's next request.
     pub fn fields(&self, request_id: &str, date: &str) -> Vec<(&'static str, String)> {
         let mut fields = vec![
             ("Date", date.to_string()),
@@ -181,7 +189,15 @@ impl DirectAnswer {
             ("X-Content-Type-Options", "nosniff".to_string()),
             ("Content-Security-Policy", "default-src 'none'".to_string()),
             ("X-Request-Id", request_id.to_string()),
-            ("Connection", "close".to_string()),
+            (
+                "Connection",
+                if self.keep_alive {
+                    "keep-alive"
+                } else {
+                    "close"
+                }
+                .to_string(),
+            ),
         ];
         if let Some(allow) = self.allow {
             fields.push(("Allow", allow.to_string()));
@@ -240,6 +256,7 @@ pub fn status_text(status: u16) -> &'static str {
         413 => "Payload Too Large\n",
         415 => "Unsupported Media Type\n",
         417 => "Expectation Failed\n",
+        429 => "Too Many Requests\n",
         431 => "Request Header Fields Too Large\n",
         500 => "Internal Server Error\n",
         502 => "Bad Gateway\n",
@@ -308,6 +325,7 @@ mod tests {
             Reject::UnsupportedVersion,
             Reject::HeaderTooLarge,
             Reject::BadExpect,
+            Reject::RateLimited,
         ] {
             assert_ne!(reject.body(), "Error\n", "{reject:?}");
         }

@@ -160,6 +160,21 @@ pub fn check_connection(head: &Head<'_>) -> Result<(), Reject> {
     Ok(())
 }
 
+/// Whether the client asked for the connection to end after this request: HTTP/1.1 with
+/// `Connection: close`, or HTTP/1.0 without `Connection: keep-alive` (RFC 9112 §9.3).
+pub fn client_wants_close(head: &Head<'_>) -> bool {
+    let mut close = false;
+    let mut keep_alive = false;
+    for value in find_all(head, "connection") {
+        for option in value.split(|&b| b == b',') {
+            let option = trim_ows(option);
+            close |= option.eq_ignore_ascii_case(b"close");
+            keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
+        }
+    }
+    close || (head.minor_version == 0 && !keep_alive)
+}
+
 /// The refusal for a request line the HTTP parser stopped at the version: 505 only for a
 /// well-formed request line (`METHOD SP TARGET SP HTTP/d.d`) naming another version, 400 for
 /// anything else (two spaces before the version, a missing or garbled version).
@@ -786,6 +801,32 @@ mod tests {
             run("POST", "/nowhere", &smuggle),
             Err(Reject::ConflictingFraming)
         );
+    }
+
+    #[test]
+    fn client_asks_to_close() {
+        let wants_close = |minor_version: u8, connection: Option<&'static str>| {
+            let headers: Vec<httparse::Header<'static>> = connection
+                .map(|value| httparse::Header {
+                    name: "Connection",
+                    value: value.as_bytes(),
+                })
+                .into_iter()
+                .collect();
+            client_wants_close(&Head {
+                method: "POST",
+                target: b"/",
+                minor_version,
+                headers: &headers,
+            })
+        };
+        assert!(!wants_close(1, None), "HTTP/1.1 keeps by default");
+        assert!(!wants_close(1, Some("keep-alive")));
+        assert!(wants_close(1, Some("close")));
+        assert!(wants_close(1, Some("keep-alive, Close")));
+        assert!(wants_close(0, None), "HTTP/1.0 closes by default");
+        assert!(!wants_close(0, Some("Keep-Alive")));
+        assert!(wants_close(0, Some("close")));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use time::OffsetDateTime;
 
 use super::metrics::WorkerMetrics;
-use super::rules::{self, BearerToken};
+use super::rules::{self, RotatingToken};
 use crate::notification::{self, Limits, SubscriptionStatus};
 use crate::store::{GroupCommitter, IngestOutcome, IngestRequest, IngestResult, Store, StoreError};
 
@@ -21,7 +21,12 @@ use crate::store::{GroupCommitter, IngestOutcome, IngestRequest, IngestResult, S
 pub const MAX_BODY_BYTES: usize = crate::config::MAX_BODY_BYTES_CEILING;
 
 pub(crate) struct IngestState {
-    pub token: BearerToken,
+    /// The gateway's token, replaced when its file changes (see [`IngestState::reread_token`]).
+    pub token: arc_swap::ArcSwap<RotatingToken>,
+    /// `gateway_token_file`, looked at every second and whenever a presented token fails.
+    pub token_file: std::sync::Mutex<crate::token_file::TokenFile>,
+    /// How long the token before a change stays valid.
+    pub token_grace: Duration,
     /// The notification paths (`[gateway] paths`).
     pub paths: Vec<String>,
     pub limits: Limits,
@@ -33,6 +38,61 @@ pub(crate) struct IngestState {
     /// Longest a notification for an unknown subscription waits for running Subscribe calls
     /// to settle (zero when this worker subscribes nothing).
     pub unknown_hold: Duration,
+}
+
+impl IngestState {
+    /// Looks at the token file and takes a new token from it; true when it did. A stat, and a
+    /// read of a one-line file when it changed: cheap enough to do on a request that failed.
+    pub(crate) fn reread_token(&self) -> bool {
+        use crate::token_file::TokenCheck;
+        let check = self
+            .token_file
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .check();
+        match check {
+            TokenCheck::Unchanged => false,
+            TokenCheck::Rotated(token) => {
+                let rotated = self
+                    .token
+                    .load()
+                    .rotated(&token, Instant::now(), self.token_grace);
+                self.token.store(Arc::new(rotated));
+                tracing::info!(
+                    grace = %humantime::format_duration(self.token_grace),
+                    "gateway token file changed; the previous token stays valid for the grace period"
+                );
+                true
+            }
+            TokenCheck::Refused(e) => {
+                tracing::error!(error = %e, "new gateway token refused; the current one stays in use");
+                false
+            }
+        }
+    }
+
+    /// The gateway's token check. A token that fails makes the worker look at its file at once,
+    /// so a gateway that switched first (both reading one file) is not refused meanwhile.
+    fn gateway_token_ok(&self, authorization: Option<&[u8]>) -> bool {
+        self.token.load().verify(authorization, Instant::now())
+            || (self.reread_token() && self.token.load().verify(authorization, Instant::now()))
+    }
+}
+
+/// Looks at the gateway's token file every second until shutdown.
+pub(crate) async fn watch_token_file(
+    state: Arc<IngestState>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(crate::token_file::CHECK_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        state.reread_token();
+    }
 }
 
 /// How often a held notification looks again.
@@ -90,7 +150,7 @@ async fn ingest(state: &IngestState, request: Request) -> (&'static str, Respons
         .headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes);
-    if !state.token.verify(authorization) {
+    if !state.gateway_token_ok(authorization) {
         tracing::warn!(
             path = parts.uri.path(),
             token_present = authorization.is_some(),

@@ -101,7 +101,7 @@ pub async fn start_with_subscriber(
     subscriber: Option<Arc<dyn Subscriber>>,
 ) -> anyhow::Result<WorkerHandle> {
     let worker = &config.worker;
-    let token = crate::config::read_token_file(&worker.gateway_token_file)
+    let (token_file, token) = crate::token_file::TokenFile::open(&worker.gateway_token_file)
         .context("worker.gateway_token_file")?;
     let api_token = if worker.api_token_file.as_os_str().is_empty() {
         None
@@ -203,7 +203,9 @@ pub async fn start_with_subscriber(
         _ => None,
     };
     let state = Arc::new(IngestState {
-        token: rules::BearerToken::new(&token),
+        token: arc_swap::ArcSwap::from_pointee(rules::RotatingToken::new(&token)),
+        token_file: std::sync::Mutex::new(token_file),
+        token_grace: worker.token_grace,
         paths: config.gateway.paths.clone(),
         limits: Limits::from(&config.validator),
         committer,
@@ -224,6 +226,7 @@ pub async fn start_with_subscriber(
         outbox_wake: None,
     });
 
+    tokio::spawn(ingest::watch_token_file(state.clone(), shutdown_rx.clone()));
     let app = api::router(api_state).merge(
         axum::Router::new()
             .fallback(ingest::handle)

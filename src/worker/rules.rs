@@ -2,6 +2,8 @@
 //! gateway is (bearer token), which tenant a query names, and which parsed notifications the
 //! store can take. The HTTP glue in `ingest` only calls these.
 
+use std::time::{Duration, Instant};
+
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -44,6 +46,7 @@ pub fn tenant(query: Option<&str>) -> Result<String, BadTenant> {
 
 /// A bearer token (the gateway's, or the API's), kept only as a digest so comparisons take the
 /// same time whatever the length or content of the presented token.
+#[derive(Clone)]
 pub struct BearerToken {
     digest: [u8; 32],
 }
@@ -65,6 +68,43 @@ impl BearerToken {
         };
         let presented: [u8; 32] = Sha256::digest(credentials).into();
         presented.ct_eq(&self.digest).into()
+    }
+}
+
+/// The gateway's token while it is rotated: the token now in the file, and the one before it until
+/// `token_grace` after the change, so the gateway may switch a little later than the worker (or
+/// earlier: a new token the worker has not read yet is refused until it has).
+#[derive(Clone)]
+pub struct RotatingToken {
+    current: BearerToken,
+    previous: Option<(BearerToken, Instant)>,
+}
+
+impl RotatingToken {
+    pub fn new(token: &str) -> Self {
+        Self {
+            current: BearerToken::new(token),
+            previous: None,
+        }
+    }
+
+    /// The file now holds `token`: the current one stays valid until `now + grace`.
+    pub fn rotated(&self, token: &str, now: Instant, grace: Duration) -> Self {
+        Self {
+            current: BearerToken::new(token),
+            previous: Some((self.current.clone(), now + grace)),
+        }
+    }
+
+    /// The current token, or the previous one before its deadline.
+    pub fn verify(&self, authorization: Option<&[u8]>, now: Instant) -> bool {
+        // Both are compared every time, so the answer takes the same time whichever matched.
+        let current = self.current.verify(authorization);
+        let previous = self
+            .previous
+            .as_ref()
+            .is_some_and(|(token, until)| token.verify(authorization) && now < *until);
+        current | previous
     }
 }
 
@@ -210,6 +250,25 @@ mod tests {
             assert!(!token.verify(Some(bad)), "{}", String::from_utf8_lossy(bad));
         }
         assert!(!token.verify(None));
+    }
+
+    #[test]
+    fn rotated_token_keeps_the_previous_one_for_the_grace_period() {
+        let start = Instant::now();
+        let grace = Duration::from_secs(300);
+        let first = RotatingToken::new("one");
+        assert!(first.verify(Some(b"Bearer one"), start));
+        assert!(!first.verify(Some(b"Bearer two"), start));
+        let second = first.rotated("two", start, grace);
+        assert!(second.verify(Some(b"Bearer two"), start));
+        assert!(second.verify(Some(b"Bearer one"), start + grace - Duration::from_secs(1)));
+        assert!(!second.verify(Some(b"Bearer one"), start + grace));
+        assert!(second.verify(Some(b"Bearer two"), start + grace * 10));
+        // A second rotation forgets the first token at once.
+        let third = second.rotated("three", start, grace);
+        assert!(third.verify(Some(b"Bearer two"), start));
+        assert!(!third.verify(Some(b"Bearer one"), start));
+        assert!(!third.verify(None, start));
     }
 
     #[test]

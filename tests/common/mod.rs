@@ -70,6 +70,20 @@ impl Recorded {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// Bytes of the request as written on the wire (request line, fields, empty line, body).
+    pub fn wire_size(&self) -> usize {
+        let line = format!(
+            "{} {} HTTP/1.{}\r\n",
+            self.method, self.target, self.version
+        );
+        let fields: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + 2 + value.len() + 2)
+            .sum();
+        line.len() + fields + 2 + self.body.len()
+    }
+
     pub fn header_count(&self, name: &str) -> usize {
         self.headers
             .iter()
@@ -253,6 +267,15 @@ pub struct Options {
     pub ranges_reload_interval: Duration,
     /// Point the gateway at this upstream instead of a counting one (e.g. a real worker).
     pub upstream: Option<String>,
+    /// Off (0) unless a test is about it: most suites send more than Exchange would from one
+    /// address.
+    pub rate_limit_per_source: u32,
+    pub rate_limit_burst: u32,
+    pub max_connections_per_source: usize,
+    pub keepalive_max_requests: u32,
+    pub keepalive_idle_timeout: Duration,
+    /// Access log destination; `None`: `access.log` in the harness directory.
+    pub access_log: Option<String>,
 }
 
 impl Default for Options {
@@ -268,6 +291,12 @@ impl Default for Options {
             tls_reload_interval: Duration::from_millis(200),
             ranges_reload_interval: Duration::from_millis(100),
             upstream: None,
+            rate_limit_per_source: 0,
+            rate_limit_burst: 1,
+            max_connections_per_source: 256,
+            keepalive_max_requests: 1000,
+            keepalive_idle_timeout: Duration::from_secs(75),
+            access_log: None,
         }
     }
 }
@@ -334,7 +363,15 @@ impl Harness {
         g.header_timeout = options.header_timeout;
         g.body_timeout = options.body_timeout;
         g.max_body_bytes = options.max_body_bytes;
-        g.access_log = dir.path().join("access.log").display().to_string();
+        g.access_log = options
+            .access_log
+            .clone()
+            .unwrap_or_else(|| dir.path().join("access.log").display().to_string());
+        g.rate_limit_per_source = options.rate_limit_per_source;
+        g.rate_limit_burst = options.rate_limit_burst;
+        g.max_connections_per_source = options.max_connections_per_source;
+        g.keepalive_max_requests = options.keepalive_max_requests;
+        g.keepalive_idle_timeout = options.keepalive_idle_timeout;
         g.shutdown_grace = Duration::from_secs(2);
         config.check().expect("harness configuration is valid");
 
@@ -399,6 +436,24 @@ impl Harness {
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "access log never held {needle}: {log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The access log once it holds at least `count` lines (lines reach the file from a writer
+    /// thread, a little after their requests end); panics after 10 s.
+    pub async fn access_log_lines(&self, count: usize) -> String {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default();
+            if log.lines().count() >= count {
+                return log;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "access log never held {count} lines: {log}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -544,4 +599,77 @@ pub async fn read_to_close<S: tokio::io::AsyncRead + Unpin + ?Sized>(stream: &mu
     })
     .await;
     out
+}
+
+/// A notification as a pooling load balancer forwards it: no `Connection: close`, and the client
+/// it speaks for in `X-Forwarded-For`.
+pub fn balancer_request(client: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {LEGACY_PATH} HTTP/1.1\r\nHost: localhost\r\nContent-Type: text/xml; charset=utf-8\r\n\
+         SOAPAction: \"{}\"\r\nX-Forwarded-For: {client}\r\nContent-Length: {}\r\n\r\n",
+        pushgate::exchange_sim::client::SEND_NOTIFICATION_ACTION,
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// Reads answers one after another off one connection, keeping whatever arrived after an answer
+/// for the next one (answers to pipelined requests can come in one read).
+#[derive(Default)]
+pub struct AnswerReader {
+    buf: Vec<u8>,
+}
+
+impl AnswerReader {
+    /// The next answer (framed by `Content-Length`), or `None` when the connection closed first
+    /// (nothing, or an unfinished answer, left).
+    pub async fn next<S: tokio::io::AsyncRead + Unpin + ?Sized>(
+        &mut self,
+        stream: &mut S,
+    ) -> Option<RawResponse> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut response = httparse::Response::new(&mut headers);
+            if let Ok(httparse::Status::Complete(head_len)) = response.parse(&self.buf) {
+                let headers: Vec<(String, String)> = response
+                    .headers
+                    .iter()
+                    .map(|h| {
+                        (
+                            h.name.to_string(),
+                            String::from_utf8_lossy(h.value).into_owned(),
+                        )
+                    })
+                    .collect();
+                let status = response.code.unwrap_or(0);
+                let length = headers
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                    .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+                    .expect("every gateway answer has a Content-Length");
+                if self.buf.len() >= head_len + length {
+                    let body = self.buf[head_len..head_len + length].to_vec();
+                    self.buf.drain(..head_len + length);
+                    return Some(RawResponse {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+            }
+            let read = tokio::time::timeout(TIMEOUT, stream.read(&mut chunk)).await;
+            match read.expect("the gateway answers or closes in time") {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// Whether bytes were left over after the answers read so far.
+    pub fn leftover(&self) -> &[u8] {
+        &self.buf
+    }
 }
