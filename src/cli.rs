@@ -22,12 +22,14 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[cfg(feature = "gateway")]
     /// Run the gateway (DMZ): TLS, source allowlist, request rules, schema check, forwarding.
     Gateway {
         /// Configuration file (TOML); `PUSHGATE__SECTION__KEY` variables override its keys.
         #[arg(long, env = "PUSHGATE_CONFIG")]
         config: Option<PathBuf>,
     },
+    #[cfg(feature = "worker")]
     /// Run the worker (intranet): durable ingest of notifications.
     Worker {
         #[arg(long, env = "PUSHGATE_CONFIG")]
@@ -43,6 +45,7 @@ pub enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    #[cfg(feature = "gateway")]
     /// The Microsoft ranges list: update it (cron) or check an address against it.
     Ranges {
         #[command(subcommand)]
@@ -53,22 +56,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    #[cfg(feature = "worker")]
     /// Mailboxes the worker keeps subscribed (the same table as the worker's API).
     Mailboxes {
         #[command(subcommand)]
         command: MailboxesCommand,
     },
+    #[cfg(feature = "demo")]
     /// End-to-end demonstration on loopback with throw-away certificate, token and database.
     Demo {
         /// Keep the temporary directory (certificate, database, logs) and print where it is.
         #[arg(long)]
         keep: bool,
     },
+    #[cfg(feature = "demo")]
     /// Run the Exchange simulator (EWS, push delivery, OAuth, JSON control API) on loopback
     /// until SIGINT or SIGTERM.
     Simulate(Box<crate::exchange_sim::simulate::SimulateArgs>),
 }
 
+#[cfg(feature = "gateway")]
 #[derive(Debug, Subcommand)]
 pub enum RangesCommand {
     /// Fetch the Microsoft 365 endpoints feed and rewrite the ranges file (for cron).
@@ -99,6 +106,7 @@ pub enum RangesCommand {
     },
 }
 
+#[cfg(feature = "worker")]
 #[derive(Debug, Subcommand)]
 pub enum MailboxesCommand {
     /// Switch sync on for mailboxes (created when new), all in one transaction; the worker
@@ -182,6 +190,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
+        #[cfg(feature = "gateway")]
         Command::Gateway { config } => {
             let config = match load_config(config.as_deref()) {
                 Ok(config) => config,
@@ -190,6 +199,7 @@ pub fn main() -> ExitCode {
             crate::telemetry::init(&config.log);
             exit_on_error(crate::gateway::run(config))
         }
+        #[cfg(feature = "worker")]
         Command::Worker { config } => {
             let config = match load_config(config.as_deref()) {
                 Ok(config) => config,
@@ -205,6 +215,7 @@ pub fn main() -> ExitCode {
             };
             validate_files(&config, &files)
         }
+        #[cfg(feature = "gateway")]
         Command::Ranges { command } => match command {
             RangesCommand::Update {
                 config,
@@ -244,6 +255,7 @@ pub fn main() -> ExitCode {
             match toml::to_string_pretty(&config) {
                 Ok(text) => {
                     print!("{text}");
+                    #[cfg(feature = "worker")]
                     println!("{}", callback_summary(&config));
                     ExitCode::SUCCESS
                 }
@@ -253,6 +265,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "worker")]
         Command::Mailboxes { command } => {
             use crate::worker::admin::MailboxCommand;
             let (config, command) = match command {
@@ -280,7 +293,9 @@ pub fn main() -> ExitCode {
             };
             exit_on_error(crate::worker::admin::run(&config, command))
         }
+        #[cfg(feature = "demo")]
         Command::Demo { keep } => exit_on_error(crate::demo::run(keep)),
+        #[cfg(feature = "demo")]
         Command::Simulate(args) => exit_on_error(crate::exchange_sim::simulate::run(
             *args,
             crate::telemetry::wait_for_shutdown_signal,
@@ -289,6 +304,7 @@ pub fn main() -> ExitCode {
 }
 
 /// The callback URL subscriptions register and the rule that chose it, as a TOML comment.
+#[cfg(feature = "worker")]
 fn callback_summary(config: &Config) -> String {
     match crate::subscriptions::CallbackUrl::from_config(&config.subscriptions) {
         Ok(url) => format!(

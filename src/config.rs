@@ -244,6 +244,7 @@ pub enum UnknownSubscriptions {
     Unsubscribe,
 }
 
+#[cfg(feature = "worker")]
 impl From<UnknownSubscriptions> for crate::store::UnknownSubscriptions {
     fn from(policy: UnknownSubscriptions) -> Self {
         match policy {
@@ -865,8 +866,12 @@ impl Config {
         self.ews.check()?;
         self.sync.check()?;
         // A worker that subscribes must be able to tell Exchange where to post.
-        let s = &self.subscriptions;
-        if self.ews.is_enabled() || !s.endpoint_url.is_empty() || !s.idp_root_url.is_empty() {
+        #[cfg(feature = "worker")]
+        if self.ews.is_enabled()
+            || !self.subscriptions.endpoint_url.is_empty()
+            || !self.subscriptions.idp_root_url.is_empty()
+        {
+            let s = &self.subscriptions;
             crate::subscriptions::CallbackUrl::from_config(s)
                 .map_err(|e| ConfigError::key(e.key, e.problem))?;
         }

@@ -192,7 +192,9 @@ impl CertWatcher {
 }
 
 /// A throw-away self-signed certificate for the given DNS names and IP addresses, as PEM
-/// (certificate, private key). For the demo and tests; production certificates come from a CA.
+/// (certificate, private key). For the demo and tests; production certificates come from a CA,
+/// so the DMZ build leaves it out.
+#[cfg(feature = "demo")]
 pub fn self_signed(
     names: &[&str],
     ips: &[std::net::IpAddr],
@@ -201,6 +203,7 @@ pub fn self_signed(
 }
 
 /// [`self_signed`] with a chosen `notAfter` (rcgen's default when `None`).
+#[cfg(feature = "demo")]
 pub fn self_signed_until(
     names: &[&str],
     ips: &[std::net::IpAddr],
