@@ -4,7 +4,8 @@
 //! Module map (arrows point one way: `gateway` never uses `store` or `worker`):
 //! `notification` (pure EWS message rules), `allowlist` (CIDR set and its hot reload), `ranges`
 //! (the Microsoft feed updater), `gateway` (pingora edge), `worker` (durable ingest), `ews` (the
-//! EWS client the worker calls Exchange with), `config`,
+//! EWS client the worker calls Exchange with), `subscriptions` (process A), `sync` (processes
+//! B–F: reservations and calendar items in step), `config`,
 //! `cli`, `metrics`, `telemetry`, `demo`.
 
 pub mod allowlist;
@@ -21,5 +22,6 @@ pub mod notification;
 pub mod ranges;
 pub mod store;
 pub mod subscriptions;
+pub mod sync;
 pub mod telemetry;
 pub mod worker;
