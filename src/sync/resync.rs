@@ -239,15 +239,15 @@ async fn resync_mailbox(shared: &Shared, request: &ResyncRequest) -> Result<Repa
         let never_written = reservation.source == ChangeSource::Web
             && reservation.item_id.is_none()
             && !reservation.write_pending;
-        if (given_up || never_written) && !settled_reservations.contains(&reservation.id) {
-            if shared
+        if (given_up || never_written)
+            && !settled_reservations.contains(&reservation.id)
+            && shared
                 .store
                 .requeue_reservation(&reservation.id, now)
                 .await?
                 .is_some()
-            {
-                repairs.requeued += 1;
-            }
+        {
+            repairs.requeued += 1;
         }
     }
     Ok(repairs)
