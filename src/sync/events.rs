@@ -102,64 +102,64 @@ fn moved_on(later: &[StoredEvent], item_id: &str) -> bool {
 pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let poll = shared.poll_interval();
     let owner = shared.options.owner.clone();
+    let most = shared.options.max_subscriptions.max(1);
+    // Subscriptions being worked on, each with the events it holds: one slow subscription (an
+    // EWS timeout) does not hold up the others, which are claimed as room frees up.
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut held: HashMap<tokio::task::Id, Vec<i64>> = HashMap::new();
     while !*shutdown.borrow() {
-        let now = shared.options.clock.now();
-        let lease = Lease {
-            owner: owner.clone(),
-            until: now
-                + time::Duration::try_from(shared.options.lease).unwrap_or(time::Duration::MINUTE),
-        };
-        let claimed = match shared
-            .store
-            .claim_events(
-                now,
-                &lease,
-                shared.options.max_subscriptions,
-                shared.options.max_events,
-            )
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(error) => {
-                tracing::warn!(%error, "cannot claim events; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(poll) => {}
-                    _ = shutdown.wait_for(|stop| *stop) => {}
+        let room = most.saturating_sub(running.len());
+        let mut full = false;
+        if room > 0 {
+            let now = shared.options.clock.now();
+            let lease = Lease {
+                owner: owner.clone(),
+                until: now
+                    + time::Duration::try_from(shared.options.lease)
+                        .unwrap_or(time::Duration::MINUTE),
+            };
+            match shared
+                .store
+                .claim_events(now, &lease, room, shared.options.max_events)
+                .await
+            {
+                Ok(claimed) => {
+                    full = claimed.len() == room;
+                    for group in claimed {
+                        let ids = group.events.iter().map(|e| e.id).collect();
+                        let shared = shared.clone();
+                        let task =
+                            running.spawn(async move { process_group(&shared, &group).await });
+                        held.insert(task.id(), ids);
+                    }
                 }
-                continue;
+                Err(error) => tracing::warn!(%error, "cannot claim events; retrying"),
             }
-        };
-        if claimed.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
-                _ = shared.events_wake.notified() => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
+        }
+        if full && running.len() < most {
             continue;
         }
-        let ids: Vec<i64> = claimed
-            .iter()
-            .flat_map(|group| group.events.iter().map(|e| e.id))
-            .collect();
-        let mut tasks = JoinSet::new();
-        for group in claimed {
-            let shared = shared.clone();
-            tasks.spawn(async move { process_group(&shared, &group).await });
+        tokio::select! {
+            Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(error) => error.id(),
+                };
+                held.remove(&id);
+            }
+            _ = tokio::time::sleep(poll) => {}
+            _ = shared.events_wake.notified(), if running.len() < most => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
         }
-        let stopped = loop {
-            tokio::select! {
-                next = tasks.join_next() => if next.is_none() { break false },
-                _ = shutdown.wait_for(|stop| *stop) => break true,
-            }
-        };
-        if stopped {
-            // Mid-sync: what is not finished is given back now rather than at the lease's end.
-            // Processing is idempotent, so a half-done event is simply done again.
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
-            if let Err(error) = shared.store.release_events(&ids, &owner).await {
-                tracing::warn!(%error, "claims not given back; they expire");
-            }
+    }
+    // Mid-sync: what is not finished is given back now rather than at the lease's end.
+    // Processing is idempotent, so a half-done event is simply done again.
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    let ids: Vec<i64> = held.into_values().flatten().collect();
+    if !ids.is_empty() {
+        if let Err(error) = shared.store.release_events(&ids, &owner).await {
+            tracing::warn!(%error, "claims not given back; they expire");
         }
     }
 }

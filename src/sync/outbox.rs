@@ -21,41 +21,45 @@ use crate::store::{
 
 pub(super) async fn run(shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let poll = shared.poll_interval();
+    let most = shared.options.outbox_batch.max(1);
+    // Writes in flight, one per reservation (the claim's lease): a slow one does not hold up
+    // the others.
+    let mut writes: JoinSet<()> = JoinSet::new();
     while !*shutdown.borrow() {
-        let now = shared.options.clock.now();
-        let lease = Lease {
-            owner: shared.options.owner.clone(),
-            until: now
-                + time::Duration::try_from(shared.options.lease).unwrap_or(time::Duration::MINUTE),
-        };
-        let claims = match shared
-            .store
-            .claim_outbox(now, shared.options.outbox_batch, &lease)
-            .await
-        {
-            Ok(claims) => claims,
-            Err(error) => {
-                tracing::warn!(%error, "cannot claim calendar writes; retrying");
-                Vec::new()
+        let room = most.saturating_sub(writes.len());
+        let mut full = false;
+        if room > 0 {
+            let now = shared.options.clock.now();
+            let lease = Lease {
+                owner: shared.options.owner.clone(),
+                until: now
+                    + time::Duration::try_from(shared.options.lease)
+                        .unwrap_or(time::Duration::MINUTE),
+            };
+            match shared.store.claim_outbox(now, room, &lease).await {
+                Ok(claims) => {
+                    full = claims.len() == room;
+                    for claim in claims {
+                        let shared = shared.clone();
+                        writes.spawn(async move { write_one(&shared, claim).await });
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "cannot claim calendar writes; retrying"),
             }
-        };
-        if claims.is_empty() {
-            tokio::select! {
-                _ = tokio::time::sleep(poll) => {}
-                _ = shared.outbox_wake.notified() => {}
-                _ = shutdown.wait_for(|stop| *stop) => {}
-            }
+        }
+        if full && writes.len() < most {
             continue;
         }
-        // A write in flight is let finish even at shutdown (each is bounded by the EWS
-        // timeout): its answer must be recorded, or the next worker cannot know what happened.
-        let mut writes = JoinSet::new();
-        for claim in claims {
-            let shared = shared.clone();
-            writes.spawn(async move { write_one(&shared, claim).await });
+        tokio::select! {
+            Some(_) = writes.join_next(), if !writes.is_empty() => {}
+            _ = tokio::time::sleep(poll) => {}
+            _ = shared.outbox_wake.notified(), if writes.len() < most => {}
+            _ = shutdown.wait_for(|stop| *stop) => {}
         }
-        while writes.join_next().await.is_some() {}
     }
+    // A write in flight is let finish (each is bounded by the EWS timeout): its answer must be
+    // recorded, or the next worker cannot know what happened.
+    while writes.join_next().await.is_some() {}
 }
 
 /// Why a write did not finish.
