@@ -823,7 +823,7 @@ async fn a_notification_redelivered_after_the_worker_was_killed_mid_sync_applies
     let (booked, made) = web_booking(&stack, "Planning").await;
     let mark = last_event_id(&stack).await;
     // EWS stops answering: the worker is caught in the middle of the GetItem for the change.
-    stack.sim.stall_for(Duration::from_secs(3));
+    stack.sim.stall_for(Duration::from_secs(5));
     stack
         .sim
         .update_item(

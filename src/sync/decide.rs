@@ -1,7 +1,6 @@
-//! What one calendar item, as Exchange shows it now, means for the reservation it belongs to:
-//! nothing (same ChangeKey, no difference), a link (C6), an update (F2), a cancellation (E/F),
-//! a followed move, or nothing of ours. Pure: the event loop and the resync read, decide here, and
-//! apply the result through the store, guarded by the reservation's version.
+//! What one calendar item, as Exchange shows it now, means for its reservation: nothing (same
+//! ChangeKey, no difference), a link (C6), an update (F2), a cancellation (E/F), a followed move,
+//! or nothing of ours. Pure: the event loop and the resync read, decide here, apply elsewhere.
 
 use time::OffsetDateTime;
 

@@ -1,8 +1,6 @@
-//! The loop over stored events: it claims each subscription's oldest pending events (so events of
-//! one subscription never overtake each other), reads the items they name with GetItem (at most 10
-//! ids per call, each item once per claim), settles every event in order and marks it processed.
-//! A failure makes the event, and its subscription's later events, wait with back-off; after
-//! `[sync] max_attempts` failures the event is parked as a dead letter.
+//! The loop over stored events: claims each subscription's oldest pending events in order, reads
+//! their items with GetItem (≤ 10 ids per call, each once per claim), settles and finishes them;
+//! failures wait with back-off and become dead letters after `[sync] max_attempts`.
 
 use std::collections::HashMap;
 use std::sync::Arc;

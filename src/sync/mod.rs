@@ -1,11 +1,6 @@
-//! Processes B–F: reservations that follow their calendar items and calendar items that follow
-//! their reservations. Owns the decisions (pure, in `decide`), the loop over stored events
-//! (`events`), the outbox of web changes (`outbox`) and the calendar resync (`resync`).
-//!
-//! The echo rule: every write stores the ChangeKey Exchange answered, so the notification our own
-//! write causes finds that ChangeKey (or no difference) and writes nothing. The conflict rule: a
-//! reservation with a web change not yet written keeps its fields against Outlook's (the web
-//! change's write follows), but a deletion or cancellation in Exchange always cancels it.
+//! Processes B–F: reservations that follow their calendar items, and items that follow their
+//! reservations. Owns the decisions (pure, `decide`), the event loop (`events`), the outbox of web
+//! changes (`outbox`) and the calendar resync (`resync`); the echo and conflict rules are below.
 
 pub mod admin;
 pub mod decide;
@@ -26,9 +21,7 @@ use crate::config::SyncConfig;
 use crate::ews::{EwsClient, EwsError, ReservationProperty};
 use crate::store::{Store, StoreError};
 
-pub use events::{event_work, EventWork};
 pub use metrics::SyncMetrics;
-pub use resync::view_windows;
 
 /// How the sync step runs.
 #[derive(Debug, Clone)]
@@ -87,6 +80,12 @@ fn lease_for(clock: &Clock, ews_timeout: Duration) -> Duration {
 }
 
 /// The sync step of one worker: three loops over one store and one EWS client.
+///
+/// The echo rule: every write stores the ChangeKey Exchange answered, so the notification our own
+/// write causes finds that ChangeKey (or no difference) and writes nothing; nothing the event loop
+/// decides ever queues a write. The conflict rule: a reservation with a web change not yet
+/// written keeps its fields against Outlook's (the web change's write follows), but a deletion or
+/// cancellation in Exchange always cancels it.
 #[derive(Clone)]
 pub struct SyncStep {
     shared: Arc<Shared>,

@@ -1,7 +1,6 @@
-//! Web changes to the calendar (B2, D2): the loop claims outbox rows and brings each
-//! reservation's item to the reservation's current state with one CreateItem, UpdateItem or
-//! DeleteItem, stores the ItemId and ChangeKey Exchange answers (so the echo writes nothing), and
-//! never repeats a CreateItem whose outcome is unknown without first looking for its item.
+//! Web changes to the calendar (B2, D2): claims outbox rows and brings each item to its
+//! reservation's current state with one CreateItem, UpdateItem or DeleteItem, storing the ItemId
+//! and ChangeKey answered; a CreateItem whose outcome is unknown is never repeated blindly.
 
 use std::sync::Arc;
 

@@ -1,7 +1,6 @@
-//! Resynchronisation of a mailbox's calendar, after a fresh subscription (events were missed) or
-//! on `pushgate sync resync`: reads the calendar with FindItem CalendarView over
-//! [now − `resync_past_days`, now + `resync_future_days`] and repairs both sides by the same
-//! decisions as events. Also the search for an item carrying a reservation id.
+//! Reading a mailbox's calendar again (after a fresh subscription, or `pushgate sync resync`):
+//! FindItem CalendarView over the `[sync]` window, both sides repaired by the same decisions as
+//! events; also the search for the item carrying a reservation id.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -1,8 +1,6 @@
-//! Deciding and applying for one item, shared by the event loop and the resync. The ordering
-//! rule that keeps changes from being lost: a decision that takes fields from the item is applied
-//! only with a reservation read BEFORE the item (an item read first may be older than a web change
-//! made meanwhile); the store applies it only if the reservation still has that version, and on a
-//! conflict both are read again (the second GetItem of a changed item, at most).
+//! Deciding and applying for one item, shared by the event loop and the resync, with the ordering
+//! rule that keeps changes from being lost: fields are taken from an item only with a reservation
+//! read before it, applied only if the reservation still has that version.
 
 use std::collections::HashSet;
 
@@ -58,6 +56,11 @@ pub(crate) struct Settled {
 /// conflict or to read the item again after its reservation.
 const ROUNDS: usize = 2;
 
+/// Decides for the item and applies the decision. An item read before its reservation may be
+/// older than a web change made in between: a decision taking fields from it is applied only
+/// with a reservation read before the item, and only if the reservation still has that version;
+/// otherwise both are read again, the reservation first (the second GetItem of a changed item, at
+/// most).
 pub(crate) async fn settle(
     shared: &Shared,
     mut subject: Subject<'_>,
