@@ -328,9 +328,9 @@ pub fn is_empty(fields: &ItemFields) -> bool {
 
 /// The synced fields in which the item differs from the reservation. Times compare in whole
 /// seconds (calendars keep no fractions; the service writes whole seconds). A field the item
-/// does not carry (Exchange leaves out what is not set) is no difference. Times that would leave
-/// the reservation without a window (start not before end) are not taken: such an item is not a
-/// booking the reservation can follow.
+/// does not carry (Exchange leaves out what is not set) is no difference. An item shortened to
+/// nothing (start = end, which Outlook allows) is mirrored; times that would end before they start
+/// are not taken.
 pub fn differences(reservation: &Reservation, item: &CalendarItem) -> ItemFields {
     let subject = item
         .subject
@@ -343,7 +343,7 @@ pub fn differences(reservation: &Reservation, item: &CalendarItem) -> ItemFields
     let current_end = whole_seconds(reservation.end);
     let new_start = start.unwrap_or(current_start);
     let new_end = end.unwrap_or(current_end);
-    let (start, end) = if new_start < new_end {
+    let (start, end) = if new_start <= new_end {
         (
             start.filter(|s| *s != current_start),
             end.filter(|e| *e != current_end),
@@ -815,7 +815,7 @@ mod tests {
     }
 
     #[test]
-    fn differences_ignore_what_the_item_leaves_out_and_empty_windows() {
+    fn differences_ignore_what_the_item_leaves_out_and_inverted_windows() {
         let r = reservation();
         let mut bare = item("A", "CK2");
         bare.subject = None;
@@ -827,7 +827,18 @@ mod tests {
         inverted.subject = Some("New".into());
         let fields = differences(&r, &inverted);
         assert_eq!(fields.subject.as_deref(), Some("New"));
-        assert_eq!((fields.start, fields.end), (None, None), "no empty window");
+        assert_eq!(
+            (fields.start, fields.end),
+            (None, None),
+            "no inverted window"
+        );
+        let mut zero = item("A", "CK2");
+        zero.end = zero.start;
+        assert_eq!(
+            differences(&r, &zero).end,
+            Some(datetime!(2026-12-02 09:00 UTC)),
+            "shortened to nothing: mirrored"
+        );
         let mut offset = item("A", "CK2");
         offset.start = Some(datetime!(2026-12-02 10:00 +01:00));
         assert!(
