@@ -61,6 +61,7 @@ on_both_backends!(
     an_ambiguous_create_leaves_exactly_one_item,
     a_resync_after_a_lost_subscription_repairs_both_sides,
     a_poison_event_is_dead_lettered_and_replayable,
+    a_resync_asked_on_the_command_line_repairs_a_given_up_write,
 );
 
 async fn postgres(test: &str) -> Option<TestDb> {
@@ -354,6 +355,24 @@ async fn metric(stack: &Stack, sample: &str) -> f64 {
         .await
         .unwrap();
     common::metric_value(&String::from_utf8_lossy(&answer.body), sample)
+}
+
+/// Runs the `pushgate` binary on the stack's configuration: (success, stdout, stderr).
+fn pushgate(stack: &Stack, args: &[&str]) -> (bool, String, String) {
+    let config_file = stack.db.dir().join("pushgate.toml");
+    std::fs::write(&config_file, toml::to_string(&stack.config).unwrap()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(args)
+        .arg("--config")
+        .arg(&config_file)
+        .env_remove("PUSHGATE_CONFIG")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
 }
 
 // ---- B–F ----
@@ -1132,22 +1151,7 @@ async fn a_poison_event_is_dead_lettered_and_replayable(db: TestDb) {
     );
 
     // The operator lists it and replays it with the command line.
-    let config_file = stack.db.dir().join("pushgate.toml");
-    std::fs::write(&config_file, toml::to_string(&stack.config).unwrap()).unwrap();
-    let pushgate = |args: &[&str]| {
-        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
-            .args(args)
-            .arg("--config")
-            .arg(&config_file)
-            .env_remove("PUSHGATE_CONFIG")
-            .output()
-            .unwrap();
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).to_string(),
-            String::from_utf8_lossy(&output.stderr).to_string(),
-        )
-    };
+    let pushgate = |args: &[&str]| pushgate(&stack, args);
     let (ok, listed, stderr) = pushgate(&["events", "list", "--dead"]);
     assert!(ok, "{stderr}");
     assert!(
@@ -1176,6 +1180,55 @@ async fn a_poison_event_is_dead_lettered_and_replayable(db: TestDb) {
             ..NO_WRITES
         }
     );
+    stack.stop().await;
+}
+
+async fn a_resync_asked_on_the_command_line_repairs_a_given_up_write(db: TestDb) {
+    let stack = synced(db, Some(1)).await;
+    // EWS is off: the CreateItem of a web booking is given up at the first failure.
+    stack.sim.set_ews_disabled(true);
+    let id = book(&stack, "web", "Given up", day(2)).await;
+    let failed = wait_reservation(&stack, &id, "the write is given up", |r| {
+        r.sync_state == SyncState::Failed
+    })
+    .await;
+    assert!(failed.last_error.is_some());
+    stack.sim.set_ews_disabled(false);
+    wait_quiet(&stack).await;
+    assert!(
+        calendar_items_of(&stack, &id).is_empty(),
+        "nothing retries it on its own"
+    );
+
+    let before = stack
+        .store()
+        .await
+        .mailbox_calendar(ROOM)
+        .await
+        .unwrap()
+        .unwrap()
+        .resynced_at;
+    let (ok, said, stderr) = pushgate(&stack, &["sync", "resync", "Room1@Contoso.com"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        said.contains("room1@contoso.com: resync requested"),
+        "{said}"
+    );
+    let (ok, _, stderr) = pushgate(&stack, &["sync", "resync", "nobody@contoso.com"]);
+    assert!(!ok);
+    assert!(stderr.contains("no such mailbox"), "{stderr}");
+
+    wait_resynced(&stack, ROOM, before).await;
+    let written = wait_reservation(&stack, &id, "the booking gets its item", |r| {
+        r.sync_state == SyncState::Synced
+    })
+    .await;
+    wait_quiet(&stack).await;
+    let items = calendar_items_of(&stack, &id);
+    assert_eq!(items.len(), 1);
+    assert_item_matches(&items[0], &written);
+    assert_eq!(written.item_id.as_deref(), Some(items[0].id.as_str()));
+    assert_eq!(stack.sim.call_counts().succeeded("CreateItem"), 1);
     stack.stop().await;
 }
 
