@@ -62,6 +62,7 @@ on_both_backends!(
     a_resync_after_a_lost_subscription_repairs_both_sides,
     a_poison_event_is_dead_lettered_and_replayable,
     a_resync_asked_on_the_command_line_repairs_a_given_up_write,
+    a_web_change_meeting_an_outlook_change_wins_and_an_outlook_delete_wins_over_it,
 );
 
 async fn postgres(test: &str) -> Option<TestDb> {
@@ -786,13 +787,21 @@ async fn an_item_that_is_not_ours_changes_nothing(db: TestDb) {
         .await;
     }
     // The reservation id of another mailbox's reservation is not ours either.
+    const ROOM2: &str = "room2@contoso.com";
+    stack.sync_on(ROOM2).await;
+    stack.wait_active_and_heard(ROOM2).await;
+    wait_resynced(&stack, ROOM2, None).await;
     let other_room = stack
         .sim
         .create_item(
-            "room2@contoso.com",
+            ROOM2,
             outlook_item("Copied across", day(1), Some(&booked.id)),
         )
         .unwrap();
+    wait_processed(&stack, mark, "the other room's Created event", |e| {
+        e.kind == EventKind::Created && names(e, &other_room.id)
+    })
+    .await;
     stack
         .sim
         .update_item(
@@ -823,7 +832,18 @@ async fn an_item_that_is_not_ours_changes_nothing(db: TestDb) {
         item(&stack, &plain.id).subject.as_deref(),
         Some("Private, renamed")
     );
-    assert!(stack.sim.item("room2@contoso.com", &other_room.id).is_ok());
+    assert!(stack.sim.item(ROOM2, &other_room.id).is_ok());
+    assert_eq!(
+        stack
+            .store()
+            .await
+            .reservation_by_item(ROOM2, &other_room.id)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(stack.sim.call_counts().for_mailbox(ROOM2, "CreateItem"), 0);
+    assert_eq!(stack.sim.call_counts().for_mailbox(ROOM2, "UpdateItem"), 0);
     assert_eq!(
         writes(&stack),
         Writes {
@@ -831,7 +851,7 @@ async fn an_item_that_is_not_ours_changes_nothing(db: TestDb) {
             ..NO_WRITES
         }
     );
-    assert!(metric(&stack, "pushgate_sync_events_total{outcome=\"ignored\"}").await >= 3.0);
+    assert!(metric(&stack, "pushgate_sync_events_total{outcome=\"ignored\"}").await >= 4.0);
     stack.stop().await;
 }
 
@@ -1229,6 +1249,97 @@ async fn a_resync_asked_on_the_command_line_repairs_a_given_up_write(db: TestDb)
     assert_item_matches(&items[0], &written);
     assert_eq!(written.item_id.as_deref(), Some(items[0].id.as_str()));
     assert_eq!(stack.sim.call_counts().succeeded("CreateItem"), 1);
+    stack.stop().await;
+}
+
+async fn a_web_change_meeting_an_outlook_change_wins_and_an_outlook_delete_wins_over_it(
+    db: TestDb,
+) {
+    let stack = synced(db, None).await;
+    let (edited, edited_item) = web_booking(&stack, "Edited on both sides").await;
+    let (deleted, deleted_item) = web_booking(&stack, "Deleted in Outlook").await;
+    // EWS is off for the worker: both web changes wait in the outbox.
+    stack.sim.set_ews_disabled(true);
+    for id in [&edited.id, &deleted.id] {
+        change(
+            &stack,
+            id,
+            json!({"subject": "Changed on the web", "source": "web"}),
+        )
+        .await;
+        wait_reservation(&stack, id, "the write waits", |r| {
+            r.sync_state == SyncState::Retrying
+        })
+        .await;
+    }
+    // Meanwhile in Outlook: one item is deleted, then the other edited. The delete needs no
+    // read: it cancels its reservation even while EWS is off (the edit's event, which needs a
+    // GetItem, waits, and with it the subscription's later events).
+    stack
+        .sim
+        .move_to_deleted_items(ROOM, &deleted_item.id)
+        .unwrap();
+    let cancelled = wait_reservation(&stack, &deleted.id, "the delete wins", |r| {
+        r.status == ReservationStatus::Cancelled
+    })
+    .await;
+    assert_eq!(cancelled.last_change, LastChange::Exchange);
+    stack
+        .sim
+        .update_item(
+            ROOM,
+            &edited_item.id,
+            ItemUpdate {
+                subject: Some("Changed in Outlook".into()),
+                ..ItemUpdate::default()
+            },
+        )
+        .unwrap();
+    stack.sim.set_ews_disabled(false);
+    // The edit meets the web change: the web change is written over it (the stale ChangeKey is
+    // refused, the item read again, what differs written with the fresh one).
+    let written = wait_reservation(&stack, &edited.id, "the web change is written", |r| {
+        r.sync_state == SyncState::Synced
+    })
+    .await;
+    wait_reservation(&stack, &deleted.id, "nothing left to write", |r| {
+        r.sync_state == SyncState::Synced
+    })
+    .await;
+    wait_quiet(&stack).await;
+    let written_now = reservation(&stack, &edited.id).await;
+    assert_eq!(written_now.subject, "Changed on the web");
+    assert_eq!(written_now.version, 2, "Outlook's edit was not taken");
+    assert_eq!(written_now.last_change, LastChange::Web);
+    assert_eq!(written_now.item_id, written.item_id);
+    let item_now = item(&stack, &edited_item.id);
+    assert_item_matches(&item_now, &written_now);
+    assert_eq!(
+        written_now.change_key.as_deref(),
+        Some(item_now.change_key.as_str())
+    );
+    let gone = reservation(&stack, &deleted.id).await;
+    assert_eq!(gone.status, ReservationStatus::Cancelled);
+    assert!(
+        calendar_items_of(&stack, &deleted.id).is_empty(),
+        "not brought back"
+    );
+    let counts = stack.sim.call_counts();
+    assert_eq!(
+        counts.succeeded("UpdateItem"),
+        1,
+        "one write: the edited item's"
+    );
+    assert_eq!(counts.for_mailbox(ROOM, "DeleteItem"), 0);
+    assert_eq!(counts.succeeded("CreateItem"), 2);
+    assert_eq!(
+        metric(
+            &stack,
+            "pushgate_sync_ews_writes_total{cause=\"conflict_retry\",operation=\"UpdateItem\"}"
+        )
+        .await,
+        1.0
+    );
     stack.stop().await;
 }
 

@@ -71,12 +71,12 @@ impl SyncOptions {
     }
 }
 
-/// A claim outlives a group's processing: a GetItem batch with its retries and a re-read take
-/// a few EWS timeouts at most.
+/// A claim outlives a group's processing: two GetItem rounds, each with the client's read
+/// retries (three attempts and their waits), take a few EWS timeouts at most.
 fn lease_for(clock: &Clock, ews_timeout: Duration) -> Duration {
     clock
-        .span(Duration::from_secs(300))
-        .max(ews_timeout.saturating_mul(6))
+        .span(Duration::from_secs(600))
+        .max(ews_timeout.saturating_mul(12))
 }
 
 /// The sync step of one worker: three loops over one store and one EWS client.
@@ -277,11 +277,11 @@ mod tests {
     fn leases_outlive_a_few_ews_calls() {
         assert_eq!(
             lease_for(&Clock::real(), Duration::from_secs(30)),
-            Duration::from_secs(300)
+            Duration::from_secs(600)
         );
         assert_eq!(
             lease_for(&Clock::scaled(0.01), Duration::from_secs(5)),
-            Duration::from_secs(30)
+            Duration::from_secs(60)
         );
     }
 }
