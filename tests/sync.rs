@@ -268,6 +268,17 @@ fn writes(stack: &Stack) -> Writes {
     }
 }
 
+/// The next `times` CreateItem calls are refused with ErrorAccessDenied (not an outage: the
+/// write is given up after `[sync] max_attempts`).
+fn refuse_creates(stack: &Stack, times: usize) {
+    for _ in 0..times {
+        stack.sim.fail_next(
+            "CreateItem",
+            ScriptedFailure::Error("ErrorAccessDenied".into()),
+        );
+    }
+}
+
 const NO_WRITES: Writes = Writes {
     create: 0,
     update: 0,
@@ -948,7 +959,7 @@ async fn a_notification_redelivered_after_the_worker_was_killed_mid_sync_applies
 }
 
 async fn a_web_change_while_ews_fails_retries_then_syncs(db: TestDb) {
-    let stack = synced(db, None).await;
+    let stack = synced(db, Some(2)).await;
     let (booked, made) = web_booking(&stack, "Planning").await;
     stack.sim.set_ews_disabled(true);
     change(
@@ -961,6 +972,21 @@ async fn a_web_change_while_ews_fails_retries_then_syncs(db: TestDb) {
         r.sync_state == SyncState::Retrying
     })
     .await;
+    // An outage is waited out past `max_attempts` (2): the write is not given up.
+    let store = stack.store().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let rows = store.outbox_rows(&booked.id).await.unwrap();
+        if rows.iter().any(|r| r.attempts >= 3) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{rows:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        reservation(&stack, &booked.id).await.sync_state,
+        SyncState::Retrying
+    );
     assert!(
         retrying
             .last_error
@@ -1023,13 +1049,13 @@ async fn a_resync_after_a_lost_subscription_repairs_both_sides(db: TestDb) {
         .unwrap();
     wait_reservation(&stack, &addin, "linked", |r| r.item_id.is_some()).await;
     let waiting = book(&stack, "addin", "Add-in, item not seen yet", day(4)).await;
-    stack.sim.set_ews_disabled(true);
+    // Exchange refuses the CreateItem itself (an outage would be waited out instead).
+    refuse_creates(&stack, 2);
     let never = book(&stack, "web", "Never written", day(5)).await;
     wait_reservation(&stack, &never, "the CreateItem is given up", |r| {
         r.sync_state == SyncState::Failed
     })
     .await;
-    stack.sim.set_ews_disabled(false);
     wait_quiet(&stack).await;
     let writes_before = writes(&stack);
     let resynced_before = stack
@@ -1205,15 +1231,17 @@ async fn a_poison_event_is_dead_lettered_and_replayable(db: TestDb) {
 
 async fn a_resync_asked_on_the_command_line_repairs_a_given_up_write(db: TestDb) {
     let stack = synced(db, Some(1)).await;
-    // EWS is off: the CreateItem of a web booking is given up at the first failure.
-    stack.sim.set_ews_disabled(true);
+    // Exchange refuses the CreateItem: given up at the first failure.
+    refuse_creates(&stack, 1);
     let id = book(&stack, "web", "Given up", day(2)).await;
     let failed = wait_reservation(&stack, &id, "the write is given up", |r| {
         r.sync_state == SyncState::Failed
     })
     .await;
-    assert!(failed.last_error.is_some());
-    stack.sim.set_ews_disabled(false);
+    assert!(failed
+        .last_error
+        .as_deref()
+        .is_some_and(|e| e.contains("ErrorAccessDenied")));
     wait_quiet(&stack).await;
     assert!(
         calendar_items_of(&stack, &id).is_empty(),
@@ -1255,7 +1283,7 @@ async fn a_resync_asked_on_the_command_line_repairs_a_given_up_write(db: TestDb)
 async fn a_web_change_meeting_an_outlook_change_wins_and_an_outlook_delete_wins_over_it(
     db: TestDb,
 ) {
-    let stack = synced(db, None).await;
+    let stack = synced(db, Some(2)).await;
     let (edited, edited_item) = web_booking(&stack, "Edited on both sides").await;
     let (deleted, deleted_item) = web_booking(&stack, "Deleted in Outlook").await;
     // EWS is off for the worker: both web changes wait in the outbox.
@@ -1295,6 +1323,23 @@ async fn a_web_change_meeting_an_outlook_change_wins_and_an_outlook_delete_wins_
             },
         )
         .unwrap();
+    // Its event fails past `max_attempts` (2) while EWS is off, and is not dead-lettered.
+    let store = stack.store().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !store
+        .pending_events(None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .any(|e| names(e, &edited_item.id) && e.attempts >= 3)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the edit's event is retried"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(store.dead_events(None, 10).await.unwrap().is_empty());
     stack.sim.set_ews_disabled(false);
     // The edit meets the web change: the web change is written over it (the stale ChangeKey is
     // refused, the item read again, what differs written with the fresh one).

@@ -205,7 +205,7 @@ async fn fail(shared: &Shared, event: &StoredEvent, error: &StepError) {
     let attempts = event.attempts.saturating_add(1);
     let now = shared.options.clock.now();
     let text = error.to_string();
-    if attempts >= shared.options.max_attempts {
+    if attempts >= shared.options.max_attempts && !error.is_outage() {
         tracing::error!(
             event = event.id,
             subscription_id = %event.subscription_id,

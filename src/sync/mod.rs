@@ -231,6 +231,26 @@ impl StepError {
             _ => None,
         }
     }
+
+    /// Exchange or the database is unavailable for everyone (throttling, timeouts, 5xx, EWS
+    /// switched off, credentials refused, the database down): nothing wrong with this event or
+    /// write. Such failures are retried with back-off but never make a dead letter or a given-up
+    /// write, so an outage of any length loses nothing and needs no replay.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            StepError::Ews(e) => {
+                e.is_transient()
+                    || matches!(
+                        e,
+                        EwsError::EwsDisabled
+                            | EwsError::Unauthorized { .. }
+                            | EwsError::Token { .. }
+                    )
+            }
+            StepError::Store(e) => matches!(e, StoreError::Unavailable(_) | StoreError::Closed),
+            StepError::Other(_) => false,
+        }
+    }
 }
 
 /// Refreshes the dead-letter and outbox gauges.
@@ -271,6 +291,43 @@ mod tests {
         );
         let fast = Clock::scaled(0.01);
         assert_eq!(retry_delay(&fast, 1, None, 0.0), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn outages_are_told_from_failures_of_one_item() {
+        use crate::ews::ResponseCode;
+        let outage = [
+            StepError::Ews(EwsError::EwsDisabled),
+            StepError::Ews(EwsError::Http {
+                status: 503,
+                retry_after: None,
+            }),
+            StepError::Ews(EwsError::Timeout {
+                after: Duration::from_secs(30),
+                request_sent: true,
+            }),
+            StepError::Ews(EwsError::ResponseCode {
+                code: ResponseCode::ServerBusy,
+                message: String::new(),
+                back_off: None,
+            }),
+            StepError::Store(StoreError::Unavailable("down".into())),
+        ];
+        assert!(outage.iter().all(StepError::is_outage));
+        let poison = [
+            StepError::Ews(EwsError::ResponseCode {
+                code: ResponseCode::Other("ErrorAccessDenied".into()),
+                message: String::new(),
+                back_off: None,
+            }),
+            StepError::Ews(EwsError::Malformed {
+                status: 200,
+                detail: "x".into(),
+            }),
+            StepError::Store(StoreError::Rejected("check".into())),
+            StepError::Other("kept changing".into()),
+        ];
+        assert!(!poison.iter().any(StepError::is_outage));
     }
 
     #[test]

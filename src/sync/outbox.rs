@@ -102,7 +102,9 @@ async fn write_one(shared: &Shared, claim: OutboxClaim) {
         }
         Err(failed) => {
             let attempts = claim.row.attempts.saturating_add(1);
-            let give_up = attempts >= shared.options.max_attempts;
+            // An outage is waited out, however long: only a write Exchange refuses for itself
+            // is given up.
+            let give_up = attempts >= shared.options.max_attempts && !failed.error.is_outage();
             let wait = shared.retry_delay(attempts, failed.error.back_off());
             let retry = OutboxRetry {
                 error: failed.error.to_string(),
