@@ -15,7 +15,7 @@ use exchange_support::*;
 use pushgate::exchange_sim::{ItemSnapshot, ItemSpec, ItemUpdate, ScriptedFailure};
 use pushgate::notification::{EventKind, ObjectKind};
 use pushgate::store::{
-    ChangeSource, EventState, LastChange, Reservation, ReservationStatus, StoredEvent, SyncState,
+    EventState, LastChange, Reservation, ReservationStatus, StoredEvent, SyncState,
 };
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -146,14 +146,24 @@ async fn call(stack: &Stack, method: &str, path: &str, body: &Value) -> (u16, Va
     (answer.status, json)
 }
 
-/// Books an hour from `start` through the API; returns the reservation id.
+/// Books an hour from `start` in `ROOM` through the API; returns the reservation id.
 async fn book(stack: &Stack, source: &str, subject: &str, start: OffsetDateTime) -> String {
+    book_in(stack, ROOM, source, subject, start).await
+}
+
+async fn book_in(
+    stack: &Stack,
+    mailbox: &str,
+    source: &str,
+    subject: &str,
+    start: OffsetDateTime,
+) -> String {
     let (status, answer) = call(
         stack,
         "POST",
         "/api/v1/reservations",
         &json!({
-            "mailbox": ROOM,
+            "mailbox": mailbox,
             "resource": "Room 1",
             "subject": subject,
             "start": rfc3339(start),
@@ -1429,25 +1439,13 @@ async fn two_workers_on_postgres_never_process_an_event_twice() {
     for (n, room) in rooms.iter().enumerate() {
         for k in 0..3 {
             let start = day(2 + k);
-            let new = pushgate::store::NewReservation {
-                id: pushgate::store::new_reservation_id(),
-                tenant: None,
-                mailbox: room.to_string(),
-                resource: format!("Room {n}"),
-                subject: format!("Booking {n}.{k}"),
-                start,
-                end: start + time::Duration::hours(1),
-                source: ChangeSource::Addin,
-            };
-            store
-                .create_reservation(&new, OffsetDateTime::now_utc())
-                .await
-                .unwrap();
+            let subject = format!("Booking {n}.{k}");
+            let id = book_in(&stack, room, "addin", &subject, start).await;
             let made = stack
                 .sim
-                .create_item(room, outlook_item(&new.subject, start, Some(&new.id)))
+                .create_item(room, outlook_item(&subject, start, Some(&id)))
                 .unwrap();
-            bookings.push((room.to_string(), new.id, made.id));
+            bookings.push((room.to_string(), id, made.id));
         }
     }
     for edit in ["edited once", "edited twice"] {
