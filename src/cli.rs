@@ -62,6 +62,18 @@ pub enum Command {
         #[command(subcommand)]
         command: MailboxesCommand,
     },
+    #[cfg(feature = "worker")]
+    /// Stored events the sync step has not processed, and its dead letters.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    #[cfg(feature = "worker")]
+    /// The sync step (processes B–F): ask for a calendar to be read again.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
     #[cfg(feature = "demo")]
     /// End-to-end demonstration on loopback with throw-away certificate, token and database.
     Demo {
@@ -135,6 +147,42 @@ pub enum MailboxesCommand {
         /// One JSON object per line, as the API shows a mailbox.
         #[arg(long)]
         json: bool,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[cfg(feature = "worker")]
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Events waiting for the sync step (with their attempts and last error), or the dead
+    /// letters: events parked after `[sync] max_attempts` failures.
+    List {
+        /// The dead letters instead.
+        #[arg(long)]
+        dead: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Make a dead letter pending again (attempts start afresh); the worker handles it next,
+    /// reading the item as it is now.
+    Replay {
+        id: i64,
+        #[arg(long, env = "PUSHGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[cfg(feature = "worker")]
+#[derive(Debug, Subcommand)]
+pub enum SyncCommand {
+    /// Read the mailbox's calendar again and repair both sides (the worker does it once the
+    /// mailbox's subscription is active).
+    Resync {
+        mailbox: String,
         #[arg(long, env = "PUSHGATE_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -292,6 +340,36 @@ pub fn main() -> ExitCode {
                 Err(code) => return code,
             };
             exit_on_error(crate::worker::admin::run(&config, command))
+        }
+        #[cfg(feature = "worker")]
+        Command::Events { command } => {
+            use crate::sync::admin::SyncCommand as Run;
+            let (config, command) = match command {
+                EventsCommand::List {
+                    dead,
+                    limit,
+                    config,
+                } => (config, Run::ListEvents { dead, limit }),
+                EventsCommand::Replay { id, config } => (config, Run::Replay { id }),
+            };
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            exit_on_error(crate::sync::admin::run(&config, command))
+        }
+        #[cfg(feature = "worker")]
+        Command::Sync {
+            command: SyncCommand::Resync { mailbox, config },
+        } => {
+            let config = match load_config(config.as_deref()) {
+                Ok(config) => config,
+                Err(code) => return code,
+            };
+            exit_on_error(crate::sync::admin::run(
+                &config,
+                crate::sync::admin::SyncCommand::Resync { mailbox },
+            ))
         }
         #[cfg(feature = "demo")]
         Command::Demo { keep } => exit_on_error(crate::demo::run(keep)),

@@ -7,7 +7,8 @@
 //! Module map (arrows point one way: `gateway` never uses `store` or `worker`):
 //! `notification` (pure EWS message rules), `allowlist` (CIDR set and its hot reload), `ranges`
 //! (the Microsoft feed updater), `gateway` (pingora edge), `worker` (durable ingest), `ews` (the
-//! EWS client the worker calls Exchange with), `config`,
+//! EWS client the worker calls Exchange with), `subscriptions` (process A), `sync` (processes
+//! B–F: reservations and calendar items in step), `config`,
 //! `cli`, `metrics`, `telemetry`, `demo`.
 
 pub mod allowlist;
@@ -32,6 +33,8 @@ pub mod ranges;
 pub mod store;
 #[cfg(feature = "worker")]
 pub mod subscriptions;
+#[cfg(feature = "worker")]
+pub mod sync;
 pub mod telemetry;
 pub mod token_file;
 #[cfg(feature = "worker")]

@@ -122,6 +122,8 @@ conformance!(
 // file of their own (after the macro, which it uses).
 #[path = "store_conformance/reservations.rs"]
 mod reservations;
+#[path = "store_conformance/sync_step.rs"]
+mod sync_step;
 
 /// Records every commit the group committer runs: (notifications, succeeded).
 #[derive(Default)]

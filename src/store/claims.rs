@@ -68,6 +68,14 @@ pub trait EventClaims: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
+    /// Events waiting for the sync step (state `pending`, those waiting out a failed attempt
+    /// included) in id order, after `after`, at most `limit` (`pushgate events list`).
+    async fn pending_events(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
     /// Dead letters in id order, after `after`, at most `limit`.
     async fn dead_events(
         &self,

@@ -504,6 +504,16 @@ pub trait ReservationStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
+    /// A CreateItem for the reservation is about to be sent: every row of it not done is marked
+    /// `create_outcome_unknown` first, so that if the answer is never recorded (the worker dies
+    /// mid-call), the next write looks for the item instead of creating a second one. False when
+    /// the reservation has no row that is not done.
+    async fn note_create_attempt(
+        &self,
+        reservation_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
     /// A reservation's outbox rows in id order.
     async fn outbox_rows(&self, reservation_id: &str) -> Result<Vec<OutboxRow>, StoreError>;
 

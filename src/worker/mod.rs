@@ -22,10 +22,11 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::ews::{EwsClient, EwsMetrics, EwsSettings};
 use crate::notification::Limits;
-use crate::store::{self, GroupCommitOptions, GroupCommitter, Store};
+use crate::store::{self, BatchObserver, GroupCommitOptions, GroupCommitter, Store};
 use crate::subscriptions::{
     CallbackUrl, ManagerOptions, Subscriber, SubscriptionManager, SubscriptionMetrics, Timing,
 };
+use crate::sync::{SyncMetrics, SyncOptions, SyncStep};
 use ingest::IngestState;
 use metrics::WorkerMetrics;
 
@@ -77,6 +78,7 @@ pub struct WorkerHandle {
     committer: JoinHandle<()>,
     housekeeping: JoinHandle<()>,
     manager: Option<JoinHandle<()>>,
+    sync: Option<JoinHandle<()>>,
     store: Arc<dyn Store>,
     grace: Duration,
 }
@@ -115,10 +117,7 @@ pub async fn start_with_subscriber(
         }
         Some(rules::BearerToken::new(&api_token))
     };
-    let ews_settings = match &subscriber {
-        Some(_) => None,
-        None => EwsSettings::from_config(&config.ews).context("[ews]")?,
-    };
+    let ews_settings = EwsSettings::from_config(&config.ews).context("[ews]")?;
     let callback = if subscriber.is_some() || ews_settings.is_some() {
         let callback = CallbackUrl::from_config(&config.subscriptions)
             .map_err(|e| anyhow::anyhow!("configuration: `{}`: {}", e.key, e.problem))?;
@@ -140,16 +139,49 @@ pub async fn start_with_subscriber(
         .await
         .with_context(|| format!("opening {}", redact_url(&worker.database_url)))?;
     let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
-    let subscriber = match (subscriber, ews_settings) {
-        (Some(subscriber), _) => Some(subscriber),
-        (None, Some(settings)) => {
+    let ews_client = match ews_settings {
+        Some(settings) => {
             let ews_metrics =
                 EwsMetrics::register(metrics.registry()).context("registering EWS metrics")?;
-            let client = EwsClient::with_metrics(settings, Some(ews_metrics))
-                .context("starting the EWS client")?;
-            Some(Arc::new(client) as Arc<dyn Subscriber>)
+            Some(
+                EwsClient::with_metrics(settings, Some(ews_metrics))
+                    .context("starting the EWS client")?,
+            )
         }
+        None => None,
+    };
+    let subscriber = match (subscriber, &ews_client) {
+        (Some(subscriber), _) => Some(subscriber),
+        (None, Some(client)) => Some(Arc::new(client.clone()) as Arc<dyn Subscriber>),
         (None, None) => None,
+    };
+    let clock = Clock::scaled(worker.time_scale);
+    // Processes B-F run wherever the worker can call EWS.
+    let sync = match &ews_client {
+        Some(client) => {
+            let sync_metrics =
+                Arc::new(SyncMetrics::new(metrics.registry()).context("registering sync metrics")?);
+            Some(SyncStep::new(
+                store.clone(),
+                client.clone(),
+                SyncOptions::from_config(
+                    &config.sync,
+                    clock,
+                    format!("worker-{}", uuid::Uuid::new_v4()),
+                    config.ews.timeout,
+                ),
+                Some(sync_metrics),
+            ))
+        }
+        None => None,
+    };
+    // Stored events wake the sync step's event loop.
+    let observer: Arc<dyn BatchObserver> = match &sync {
+        Some(sync) => Arc::new(WakeOnCommit {
+            metrics: metrics.clone(),
+            wake: sync.events_wake(),
+        }),
+        None => metrics.clone(),
     };
 
     let listener = TcpListener::bind(listen)
@@ -170,10 +202,9 @@ pub async fn start_with_subscriber(
             max: worker.group_commit_max,
             unknown: worker.unknown_subscriptions.into(),
         },
-        Some(metrics.clone()),
+        Some(observer),
     );
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let clock = Clock::scaled(worker.time_scale);
     let manager = match (subscriber, callback) {
         (Some(subscriber), Some(callback)) => {
             let subscription_metrics = Arc::new(
@@ -222,8 +253,7 @@ pub async fn start_with_subscriber(
         token: api_token,
         store: store.clone(),
         manager: manager.clone(),
-        // The sync step's outbox loop fills this in when it runs.
-        outbox_wake: None,
+        outbox_wake: sync.as_ref().map(SyncStep::outbox_wake),
     });
 
     tokio::spawn(ingest::watch_token_file(state.clone(), shutdown_rx.clone()));
@@ -252,6 +282,7 @@ pub async fn start_with_subscriber(
         },
         shutdown_rx.clone(),
     ));
+    let sync_task = sync.map(|sync| tokio::spawn(sync.run(shutdown_rx.clone())));
     let manager_task = manager.map(|manager| tokio::spawn(manager.run(shutdown_rx)));
     tracing::info!(
         listen = %listen_addr,
@@ -269,9 +300,26 @@ pub async fn start_with_subscriber(
         committer: committer_task,
         housekeeping,
         manager: manager_task,
+        sync: sync_task,
         store,
         grace: tuning.shutdown_grace,
     })
+}
+
+/// The worker's commit metrics, plus a wake-up for the sync step after every commit that stored
+/// something (a failed commit stored nothing).
+struct WakeOnCommit {
+    metrics: Arc<WorkerMetrics>,
+    wake: Arc<tokio::sync::Notify>,
+}
+
+impl BatchObserver for WakeOnCommit {
+    fn batch_committed(&self, size: usize, elapsed: Duration, ok: bool) {
+        self.metrics.batch_committed(size, elapsed, ok);
+        if ok {
+            self.wake.notify_one();
+        }
+    }
 }
 
 async fn serve(
@@ -318,6 +366,13 @@ impl WorkerHandle {
                 .is_err()
             {
                 manager.abort();
+            }
+        }
+        if let Some(mut sync) = self.sync {
+            // Event work in progress is given back at once; calendar writes in flight finish
+            // (each within the EWS timeout) so their answers are recorded.
+            if tokio::time::timeout(self.grace, &mut sync).await.is_err() {
+                sync.abort();
             }
         }
         drop(self.store);

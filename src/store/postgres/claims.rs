@@ -268,6 +268,32 @@ impl EventClaims for PostgresStore {
         .await
     }
 
+    async fn pending_events(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .query(
+                        &format!(
+                            "{EVENT_SELECT} WHERE state = 'pending'
+                                 AND ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2"
+                        ),
+                        &[&after, &limit],
+                    )
+                    .await
+                    .map_err(|e| pg_error("listing pending events", e))?
+                    .iter()
+                    .map(stored_event)
+                    .collect()
+            })
+        })
+        .await
+    }
+
     async fn dead_events(
         &self,
         after: Option<i64>,

@@ -627,6 +627,29 @@ impl ReservationStore for PostgresStore {
         .await
     }
 
+    async fn note_create_attempt(
+        &self,
+        reservation_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let reservation_id = reservation_id.to_string();
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .execute(
+                        "UPDATE outbox SET create_outcome_unknown = true,
+                             updated_at = $2::text::timestamptz
+                         WHERE reservation_id = $1 AND state <> 'done'",
+                        &[&reservation_id, &format_utc(now)],
+                    )
+                    .await
+                    .map(|changed| changed > 0)
+                    .map_err(|e| pg_error("noting a CreateItem", e))
+            })
+        })
+        .await
+    }
+
     async fn outbox_rows(&self, reservation_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let reservation_id = reservation_id.to_string();
         self.with_aux(|c| {

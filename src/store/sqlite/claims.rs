@@ -244,6 +244,31 @@ impl EventClaims for SqliteStore {
             .await
     }
 
+    async fn pending_events(
+        &self,
+        after: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.reader
+            .call(move |connection| {
+                let context = |e| sqlite_error("listing pending events", e);
+                let rows = connection
+                    .prepare_cached(&format!(
+                        "SELECT {EVENT_COLUMNS} FROM notification_events
+                         WHERE state = 'pending' AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
+                    ))
+                    .and_then(|mut statement| {
+                        statement
+                            .query_map(params![after, limit], event_columns)?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(context)?;
+                rows.into_iter().map(stored_event).collect()
+            })
+            .await
+    }
+
     async fn dead_events(
         &self,
         after: Option<i64>,

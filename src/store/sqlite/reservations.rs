@@ -639,6 +639,26 @@ impl ReservationStore for SqliteStore {
             .await
     }
 
+    async fn note_create_attempt(
+        &self,
+        reservation_id: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let reservation_id = reservation_id.to_string();
+        self.writer
+            .call(move |connection| {
+                connection
+                    .execute(
+                        "UPDATE outbox SET create_outcome_unknown = 1, updated_at = ?2
+                         WHERE reservation_id = ?1 AND state <> 'done'",
+                        params![reservation_id, format_utc(now)],
+                    )
+                    .map(|changed| changed > 0)
+                    .map_err(|e| sqlite_error("noting a CreateItem", e))
+            })
+            .await
+    }
+
     async fn outbox_rows(&self, reservation_id: &str) -> Result<Vec<OutboxRow>, StoreError> {
         let reservation_id = reservation_id.to_string();
         self.reader
