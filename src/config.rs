@@ -114,10 +114,10 @@ impl Default for GatewayConfig {
             upstream_timeout: Duration::from_secs(30),
             upstream_connect_timeout: Duration::from_secs(5),
             metrics_listen: "127.0.0.1:9464".into(),
-            paths: vec![
-                "/Webservices/SyncNotification.svc".into(),
-                "/api/webhooks/exchange".into(),
-            ],
+            paths: crate::endpoint::DEFAULT_PATHS
+                .iter()
+                .map(|path| path.to_string())
+                .collect(),
             max_body_bytes: MAX_BODY_BYTES_CEILING,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
@@ -261,6 +261,9 @@ pub struct WorkerConfig {
     /// `sqlite://PATH` or `postgres://...`.
     pub database_url: String,
     pub gateway_token_file: PathBuf,
+    /// Notification paths the worker serves; empty: the same as `[gateway] paths` (one file for
+    /// both parts usually).
+    pub paths: Vec<String>,
     pub metrics_listen: String,
     pub retention_days: u32,
     pub unknown_subscriptions: UnknownSubscriptions,
@@ -286,6 +289,7 @@ impl Default for WorkerConfig {
             listen: "127.0.0.1:8080".into(),
             database_url: "sqlite://data/pushgate.db".into(),
             gateway_token_file: "config/upstream.token".into(),
+            paths: Vec::new(),
             metrics_listen: "127.0.0.1:9465".into(),
             retention_days: 30,
             unknown_subscriptions: UnknownSubscriptions::Unsubscribe,
@@ -708,14 +712,8 @@ impl Config {
         if g.paths.is_empty() {
             return Err(ConfigError::key("gateway.paths", "needs at least one path"));
         }
-        for path in &g.paths {
-            if !is_plain_path(path) {
-                return Err(ConfigError::key(
-                    "gateway.paths",
-                    format!("{path:?} must start with `/` and hold no query, percent-encoding or dot segment"),
-                ));
-            }
-        }
+        check_paths("gateway.paths", &g.paths)?;
+        check_paths("worker.paths", &self.worker.paths)?;
         check_cidrs("gateway.trusted_proxies", &g.trusted_proxies)?;
         check_cidrs("gateway.probe_ranges", &g.probe_ranges)?;
         for (key, value) in [
@@ -912,6 +910,31 @@ fn one_line(error: &figment::Error) -> String {
         format!("{problem}{origin}")
     } else {
         format!("`{key}`: {problem}{origin}")
+    }
+}
+
+fn check_paths(key: &str, paths: &[String]) -> Result<(), ConfigError> {
+    for path in paths {
+        if !is_plain_path(path) {
+            return Err(ConfigError::key(
+                key,
+                format!(
+                    "{path:?} must start with `/` and hold no query, percent-encoding or dot segment"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+impl WorkerConfig {
+    /// The notification paths the worker serves: its own, or the gateway's when it names none.
+    pub fn notification_paths<'a>(&'a self, gateway: &'a GatewayConfig) -> &'a [String] {
+        if self.paths.is_empty() {
+            &gateway.paths
+        } else {
+            &self.paths
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
+pub mod endpoint;
 #[cfg(feature = "worker")]
 pub mod ews;
 #[cfg(feature = "demo")]

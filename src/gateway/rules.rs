@@ -4,9 +4,7 @@
 
 use super::reject::{Reject, ALLOWED_METHODS};
 
-/// The EWS action Exchange puts in `SOAPAction` for push notifications.
-pub const SEND_NOTIFICATION_ACTION: &str =
-    "http://schemas.microsoft.com/exchange/services/2006/messages/SendNotification";
+pub use crate::endpoint::{is_notification_path, SEND_NOTIFICATION_ACTION};
 
 /// The gateway's own health check path; never forwarded.
 pub const HEALTH_PATH: &str = "/healthz";
@@ -216,14 +214,6 @@ pub fn check_line_endings(head_bytes: &[u8]) -> Result<(), Reject> {
     }
 }
 
-/// Whether a raw path is one of the configured notification paths: ASCII case-insensitive, as IIS
-/// matched the legacy path; shared with the worker, which serves the same paths.
-pub fn is_notification_path(path: &[u8], paths: &[String]) -> bool {
-    paths
-        .iter()
-        .any(|configured| configured.as_bytes().eq_ignore_ascii_case(path))
-}
-
 /// Splits the raw target at the first `?`. A `#` never belongs in a request target; it is left in
 /// the path so that the path comparison fails.
 pub fn split_target(target: &[u8]) -> (&[u8], Option<&[u8]>) {
@@ -309,31 +299,12 @@ fn check_host(head: &Head<'_>) -> Result<(), Reject> {
     }
 }
 
-/// Longest tenant name.
-pub const MAX_TENANT_CHARS: usize = 64;
-
-/// Tenant name as the legacy `?{tenant}` form or `tenant=` carries it: `[A-Za-z0-9_.-]{1,64}`.
-/// Shared with the worker.
-pub fn is_tenant_name(name: &[u8]) -> bool {
-    (1..=MAX_TENANT_CHARS).contains(&name.len())
-        && name
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-/// The query may be absent, a bare tenant name (`?Default`, the legacy form) or `tenant=NAME`.
-/// Anything else, including an empty query or percent-encoding, is refused.
+/// The query may be absent, a bare tenant name (`?Default`, the legacy form) or `tenant=NAME`
+/// (the shared rule of [`crate::endpoint::tenant_of_query`]).
 pub fn check_tenant_query(query: Option<&[u8]>) -> Result<Option<String>, Reject> {
-    let Some(query) = query else {
-        return Ok(None);
-    };
-    let name = query.strip_prefix(b"tenant=").unwrap_or(query);
-    if is_tenant_name(name) {
-        // Only ASCII passes is_tenant_name, so the conversion cannot fail.
-        Ok(std::str::from_utf8(name).ok().map(str::to_owned))
-    } else {
-        Err(Reject::BadTenant)
-    }
+    crate::endpoint::tenant_of_query(query)
+        .map(|name| name.map(str::to_owned))
+        .map_err(|_| Reject::BadTenant)
 }
 
 /// Exactly one `SOAPAction` (any name case) naming EWS SendNotification; SOAP 1.1 allows one pair
@@ -343,11 +314,7 @@ pub fn check_soap_action<'h>(head: &Head<'h>) -> Result<&'h [u8], Reject> {
         .map_err(|_| Reject::BadSoapAction)?
         .map(trim_ows)
         .ok_or(Reject::BadSoapAction)?;
-    let action = match checked {
-        [b'"', inner @ .., b'"'] => inner,
-        other => other,
-    };
-    if action == SEND_NOTIFICATION_ACTION.as_bytes() {
+    if crate::endpoint::is_send_notification_action(checked) {
         Ok(checked)
     } else {
         Err(Reject::BadSoapAction)

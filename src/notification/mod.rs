@@ -22,6 +22,7 @@
 mod datatypes;
 pub mod envelope;
 pub mod model;
+mod rejection;
 mod tokenizer;
 mod validator;
 mod vocabulary;

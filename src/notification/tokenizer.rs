@@ -36,7 +36,7 @@ use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 use smallvec::SmallVec;
 
-use super::validator::{Rejection, RejectionKind};
+use super::rejection::{Rejection, RejectionKind};
 use super::Limits;
 
 pub(super) const SOAP_NS: &[u8] = b"http://schemas.xmlsoap.org/soap/envelope/";

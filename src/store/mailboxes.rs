@@ -371,7 +371,7 @@ pub struct Lease {
 }
 
 /// Tenant of mailboxes created without one.
-pub const DEFAULT_TENANT: &str = "default";
+pub const DEFAULT_TENANT: &str = crate::endpoint::DEFAULT_TENANT;
 
 /// Longest `last_error` kept (of mailboxes, reservations, outbox rows and events).
 pub(crate) const MAX_ERROR_CHARS: usize = 500;

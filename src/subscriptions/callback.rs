@@ -86,7 +86,7 @@ impl CallbackUrl {
         };
         let url = Self { rule, base };
         // The longest tenant name must still fit.
-        let longest = url.for_tenant(&"t".repeat(crate::gateway::rules::MAX_TENANT_CHARS));
+        let longest = url.for_tenant(&"t".repeat(crate::endpoint::MAX_TENANT_CHARS));
         if longest.chars().count() > MAX_URL_CHARS {
             return Err(CallbackError {
                 key: "subscriptions.idp_root_url",

@@ -43,7 +43,7 @@ pub fn run(config: &Config, command: MailboxCommand) -> anyhow::Result<()> {
                 tenant,
             } => {
                 if let Some(tenant) = &tenant {
-                    if !crate::gateway::rules::is_tenant_name(tenant.as_bytes()) {
+                    if !crate::endpoint::is_tenant_name(tenant.as_bytes()) {
                         anyhow::bail!("--tenant must be 1 to 64 characters of A-Z a-z 0-9 _ . -");
                     }
                 }

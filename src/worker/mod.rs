@@ -237,7 +237,7 @@ pub async fn start_with_subscriber(
         token: arc_swap::ArcSwap::from_pointee(rules::RotatingToken::new(&token)),
         token_file: std::sync::Mutex::new(token_file),
         token_grace: worker.token_grace,
-        paths: config.gateway.paths.clone(),
+        paths: worker.notification_paths(&config.gateway).to_vec(),
         limits: Limits::from(&config.validator),
         committer,
         metrics: metrics.clone(),

@@ -7,40 +7,28 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-// The gateway's pure request rules: the worker serves the same paths and tenants.
-use crate::gateway::rules::{is_tenant_name, MAX_TENANT_CHARS};
+// The contract shared with the gateway: the same paths, tenants and SOAPAction.
+pub use crate::endpoint::{BadTenant, DEFAULT_TENANT};
 
 use crate::notification::Notification;
 use crate::store::MAX_KEY_BYTES;
 
-/// Tenant of requests whose query string names none.
-pub const DEFAULT_TENANT: &str = "default";
 /// Longest `X-Request-Id` kept.
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 
-/// Does `path` (the raw request path, without query) name a notification endpoint? The paths are
-/// the gateway's (`[gateway] paths`, one configuration for both), compared the same way: ASCII
-/// case-insensitively, as IIS did for the legacy path.
+/// Does `path` (the raw request path, without query) name a notification endpoint? The same rule
+/// as the gateway's ([`crate::endpoint::is_notification_path`]): ASCII case-insensitive.
 pub fn is_notification_path(path: &str, paths: &[String]) -> bool {
-    crate::gateway::rules::is_notification_path(path.as_bytes(), paths)
+    crate::endpoint::is_notification_path(path.as_bytes(), paths)
 }
 
-/// Why a query string names no acceptable tenant.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("tenant must be 1 to {MAX_TENANT_CHARS} characters of A-Z a-z 0-9 _ . - (as `?NAME` or `?tenant=NAME`)")]
-pub struct BadTenant;
-
-/// The tenant a query string names: the legacy form (`?Default`: the whole query), or
-/// `tenant=NAME`; no query means [`DEFAULT_TENANT`]. Anything else is refused.
+/// The tenant a query string names (the shared rule, [`crate::endpoint::tenant_of_query`]); no
+/// query means [`DEFAULT_TENANT`].
 pub fn tenant(query: Option<&str>) -> Result<String, BadTenant> {
-    let name = match query {
-        None | Some("") => return Ok(DEFAULT_TENANT.to_string()),
-        Some(query) => query.strip_prefix("tenant=").unwrap_or(query),
-    };
-    if is_tenant_name(name.as_bytes()) {
-        Ok(name.to_string())
-    } else {
-        Err(BadTenant)
+    match query {
+        None | Some("") => Ok(DEFAULT_TENANT.to_string()),
+        Some(query) => crate::endpoint::tenant_of_query(Some(query.as_bytes()))
+            .map(|name| name.unwrap_or(DEFAULT_TENANT).to_string()),
     }
 }
 

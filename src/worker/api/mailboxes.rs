@@ -66,7 +66,7 @@ pub fn put_request(
     let sync = wire::required_bool(&object, "sync")?;
     let tenant = wire::optional_str(&object, "tenant")?
         .map(|tenant| {
-            if crate::gateway::rules::is_tenant_name(tenant.as_bytes()) {
+            if crate::endpoint::is_tenant_name(tenant.as_bytes()) {
                 Ok(tenant.to_string())
             } else {
                 Err(ApiError::invalid(

@@ -139,7 +139,7 @@ pub fn create_request(
     let source = source(required(&object, "source")?)?;
     let tenant = wire::optional_str(&object, "tenant")?
         .map(|tenant| {
-            if crate::gateway::rules::is_tenant_name(tenant.as_bytes()) {
+            if crate::endpoint::is_tenant_name(tenant.as_bytes()) {
                 Ok(tenant.to_string())
             } else {
                 Err(ApiError::invalid(
