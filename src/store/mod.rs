@@ -30,6 +30,7 @@ pub use mailboxes::{
     SubscribeOutcome,
 };
 pub use plan::{dedupe_key, MAX_KEY_BYTES};
+pub use postgres::connect::redact_database_url;
 pub use postgres::PostgresStore;
 pub use reservations::{
     new_reservation_id, ApplyResult, ChangeSource, ExchangeOutcome, ItemFields, ItemLink,

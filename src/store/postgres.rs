@@ -9,8 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::{Mutex, MutexGuard};
-use tokio_postgres::{Client, NoTls, Row, Statement};
+use tokio_postgres::{Client, Row, Statement};
 
+use self::connect::PgTarget;
 use super::plan::{self, IncidentRow};
 use super::timefmt::{format_utc, parse_utc};
 use super::UnknownSubscriptions;
@@ -66,6 +67,7 @@ macro_rules! utc_text {
 
 // After `utc_text!`, which they use (macros are in scope from their definition on).
 mod claims;
+pub mod connect;
 mod mailboxes;
 mod reservations;
 
@@ -164,8 +166,8 @@ struct Connection {
 }
 
 impl Connection {
-    async fn open(config: &tokio_postgres::Config) -> Result<Self, StoreError> {
-        let client = connect_client(config).await?;
+    async fn open(target: &PgTarget) -> Result<Self, StoreError> {
+        let client = target.connect().await?;
         let prepare = |sql: String| {
             let client = &client;
             async move {
@@ -188,19 +190,6 @@ impl Connection {
         };
         Ok(Self { client, statements })
     }
-}
-
-async fn connect_client(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
-    let (client, connection) = config
-        .connect(NoTls)
-        .await
-        .map_err(|e| pg_error("connecting to PostgreSQL", e))?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(%error, "PostgreSQL connection ended");
-        }
-    });
-    Ok(client)
 }
 
 /// Data errors (class 22 data exception, 23 integrity, 54 program limit, P0 raised by a
@@ -318,7 +307,7 @@ fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
 /// The PostgreSQL store: one connection for commits (the group committer serialises them), one
 /// for everything else.
 pub struct PostgresStore {
-    config: tokio_postgres::Config,
+    target: PgTarget,
     ingest: Mutex<Option<Connection>>,
     aux: Mutex<Option<Connection>>,
 }
@@ -327,21 +316,20 @@ impl PostgresStore {
     /// Connects, runs the migrations, and keeps the connection for auxiliary work. Fails when
     /// the server cannot be reached: a worker that cannot store must not start answering.
     pub async fn connect(database_url: &str) -> Result<Self, StoreError> {
-        let mut config: tokio_postgres::Config = database_url
-            .parse()
-            .map_err(|e| StoreError::Config(format!("not a PostgreSQL URL: {e}")))?;
+        let mut target = PgTarget::parse(database_url)?;
+        let config = target.config_mut();
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(DEFAULT_CONNECT_TIMEOUT);
         }
         if config.get_application_name().is_none() {
             config.application_name("pushgate-worker");
         }
-        let mut client = connect_client(&config).await?;
+        let mut client = target.connect().await?;
         migrate(&mut client).await?;
         drop(client);
-        let aux = Connection::open(&config).await?;
+        let aux = Connection::open(&target).await?;
         Ok(Self {
-            config,
+            target,
             ingest: Mutex::new(None),
             aux: Mutex::new(Some(aux)),
         })
@@ -355,7 +343,7 @@ impl PostgresStore {
         let mut guard = slot.lock().await;
         if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
             *guard = None;
-            *guard = Some(Connection::open(&self.config).await?);
+            *guard = Some(Connection::open(&self.target).await?);
         }
         Ok(guard)
     }

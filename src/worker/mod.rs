@@ -137,7 +137,7 @@ pub async fn start_with_subscriber(
     })?;
     let store = store::open(&worker.database_url)
         .await
-        .with_context(|| format!("opening {}", redact_url(&worker.database_url)))?;
+        .with_context(|| format!("opening {}", store::redact_database_url(&worker.database_url)))?;
     let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
     let ews_client = match ews_settings {
         Some(settings) => {
@@ -413,35 +413,4 @@ async fn wait_for_stop_signal() -> anyhow::Result<()> {
         .await
         .context("waiting for Ctrl-C")?;
     Ok(())
-}
-
-/// `database_url` without its password, for messages.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.split_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(
-            redact_url("postgres://app:s3cret@db:5432/x"),
-            "postgres://app:***@db:5432/x"
-        );
-        assert_eq!(
-            redact_url("sqlite://data/pushgate.db"),
-            "sqlite://data/pushgate.db"
-        );
-    }
 }
