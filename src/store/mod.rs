@@ -384,6 +384,15 @@ pub async fn open(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
 }
 
+/// One PostgreSQL connection for `database_url` (a `postgres://` URL), made as the store makes
+/// its own: the same `sslmode` and `sslrootcert`, the same errors. For tools and tests that run
+/// SQL of their own beside a store.
+pub async fn connect_postgres(database_url: &str) -> Result<tokio_postgres::Client, StoreError> {
+    postgres::connect::PgTarget::parse(database_url)?
+        .connect()
+        .await
+}
+
 fn event_kind_column(value: &str) -> Result<EventKind, StoreError> {
     EventKind::from_str_name(value).ok_or_else(|| StoreError::Corrupt {
         column: "kind",

@@ -135,9 +135,12 @@ pub async fn start_with_subscriber(
             worker.metrics_listen
         )
     })?;
-    let store = store::open(&worker.database_url)
-        .await
-        .with_context(|| format!("opening {}", store::redact_database_url(&worker.database_url)))?;
+    let store = store::open(&worker.database_url).await.with_context(|| {
+        format!(
+            "opening {}",
+            store::redact_database_url(&worker.database_url)
+        )
+    })?;
     let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
     let ews_client = match ews_settings {
         Some(settings) => {

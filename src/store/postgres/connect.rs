@@ -190,8 +190,14 @@ pub fn split_tls_params(url: &str) -> Result<(String, TlsParams), StoreError> {
                      password (SCRAM) over sslmode=verify-full"
                 )))
             }
-            "sslcrl" | "sslcrldir" | "sslsni" | "ssl_min_protocol_version"
-            | "ssl_max_protocol_version" | "sslcompression" | "requiressl" | "gssencmode" => {
+            "sslcrl"
+            | "sslcrldir"
+            | "sslsni"
+            | "ssl_min_protocol_version"
+            | "ssl_max_protocol_version"
+            | "sslcompression"
+            | "requiressl"
+            | "gssencmode" => {
                 return Err(config(format!(
                     "{key} is not supported (pushgate reads sslmode and sslrootcert)"
                 )))
@@ -327,8 +333,9 @@ impl PgTarget {
             .is_some_and(|cause| cause.to_string() == "server does not support TLS")
         {
             return StoreError::Unavailable(format!(
-                "PostgreSQL at {servers} refused TLS (ssl is off in its postgresql.conf), and \
-                 sslmode={mode} does not allow a connection without it"
+                "PostgreSQL at {servers} refused TLS (ssl = off in its postgresql.conf, or a \
+                 proxy in front of it without TLS), and sslmode={mode} does not allow a \
+                 connection without it"
             ));
         }
         pg_error(&format!("connecting to PostgreSQL at {servers}"), error)
@@ -365,9 +372,9 @@ pub fn describe_tls_failure(error: &rustls::Error, verification: &Verification) 
         Verification::None => "no CA".to_string(),
     };
     match error {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => format!(
-            "the server's certificate does not verify: it is not issued by a CA in {roots}"
-        ),
+        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+            format!("the server's certificate does not verify: it is not issued by a CA in {roots}")
+        }
         rustls::Error::InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => format!(
@@ -450,8 +457,8 @@ fn root_store(roots: &RootCerts) -> Result<rustls::RootCertStore, StoreError> {
 }
 
 fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, StoreError> {
-    let pem = std::fs::read(path)
-        .map_err(|e| config(format!("sslrootcert {}: {e}", path.display())))?;
+    let pem =
+        std::fs::read(path).map_err(|e| config(format!("sslrootcert {}: {e}", path.display())))?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| config(format!("sslrootcert {} is not PEM: {e}", path.display())))?;
@@ -478,13 +485,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -685,8 +689,10 @@ mod tests {
     #[test]
     fn weak_or_unknown_combinations_are_refused_with_a_reason() {
         assert!(refused("postgres://db/x?sslmode=verify-ca").contains("needs sslrootcert"));
-        assert!(refused("postgres://db/x?sslmode=require&sslrootcert=system")
-            .contains("needs sslmode=verify-full"));
+        assert!(
+            refused("postgres://db/x?sslmode=require&sslrootcert=system")
+                .contains("needs sslmode=verify-full")
+        );
         assert!(refused("postgres://db/x?sslmode=allow").contains("not supported"));
         assert!(refused("postgres://db/x?sslmode=verify_full").contains("is not one of"));
         assert!(refused("postgres://db/x?sslrootcert=").contains("empty"));
