@@ -296,10 +296,17 @@ pub fn main() -> ExitCode {
         Command::Config {
             command: ConfigCommand::Check { config },
         } => {
-            let config = match load_config(config.as_deref()) {
+            #[allow(unused_mut)] // only the worker's part has a secret to hide
+            let mut config = match load_config(config.as_deref()) {
                 Ok(config) => config,
                 Err(code) => return code,
             };
+            // The printed configuration is often pasted into tickets: no database password.
+            #[cfg(feature = "worker")]
+            {
+                config.worker.database_url =
+                    crate::store::redact_database_url(&config.worker.database_url);
+            }
             match toml::to_string_pretty(&config) {
                 Ok(text) => {
                     print!("{text}");

@@ -72,6 +72,25 @@ fn config_check_prints_the_effective_configuration() {
     );
 }
 
+#[cfg(feature = "worker")]
+#[test]
+fn config_check_shows_the_database_password_as_stars() {
+    let output = pushgate()
+        .args(["config", "check"])
+        .env(
+            "PUSHGATE__WORKER__DATABASE_URL",
+            "postgres://app:Secr3t-pw@db.example.net/pushgate?sslmode=verify-full",
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let effective: toml::Table = String::from_utf8(output.stdout).unwrap().parse().unwrap();
+    assert_eq!(
+        effective["worker"]["database_url"].as_str(),
+        Some("postgres://app:***@db.example.net/pushgate?sslmode=verify-full")
+    );
+}
+
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     assert_eq!(
