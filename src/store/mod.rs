@@ -7,6 +7,7 @@
 pub mod claims;
 mod group_commit;
 pub mod mailboxes;
+mod migrations;
 mod plan;
 mod postgres;
 pub mod reservations;

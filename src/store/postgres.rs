@@ -12,6 +12,7 @@ use tokio::sync::{Mutex, MutexGuard};
 use tokio_postgres::{Client, Row, Statement};
 
 use self::connect::PgTarget;
+use super::migrations;
 use super::plan::{self, IncidentRow};
 use super::timefmt::{format_utc, parse_utc};
 use super::UnknownSubscriptions;
@@ -22,27 +23,8 @@ use super::{
 };
 use crate::notification::ObjectKind;
 
-/// Embedded migrations, applied in order at start, under an advisory lock so that replicas
-/// starting together migrate once.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "events",
-        include_str!("../../migrations/postgres/0001_events.sql"),
-    ),
-    (
-        2,
-        "mailboxes",
-        include_str!("../../migrations/postgres/0002_mailboxes.sql"),
-    ),
-    (
-        3,
-        "reservations",
-        include_str!("../../migrations/postgres/0003_reservations.sql"),
-    ),
-];
-
-/// Key of the advisory lock taken while migrating ("pushgate" in ASCII, truncated).
+/// Key of the advisory lock taken while migrating, so that replicas starting together migrate
+/// once ("pushgate" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x7075_7368_6761_7465;
 
 /// A commit that has not finished by then is abandoned (its connection dropped, so the server
@@ -394,23 +376,12 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
         .map_err(context)?
         .try_get(0)
         .map_err(context)?;
-    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if let Some(newest) = newest.filter(|&v| v > known) {
-        return Err(StoreError::Migration {
-            version: newest,
-            name: "unknown",
-            detail: format!("the database was migrated by a newer pushgate (knows up to {known})"),
-        });
-    }
-    for &(version, name, sql) in MIGRATIONS {
-        if newest.is_some_and(|newest| newest >= version) {
-            continue;
-        }
-        tx.batch_execute(sql)
+    for migration in migrations::pending(migrations::POSTGRES, newest)? {
+        tx.batch_execute(migration.sql)
             .await
             .map_err(|e| StoreError::Migration {
-                version,
-                name,
+                version: migration.version,
+                name: migration.name,
                 detail: match pg_error("", e) {
                     StoreError::Rejected(text) | StoreError::Unavailable(text) => text,
                     other => other.to_string(),
@@ -418,7 +389,7 @@ async fn migrate(client: &mut Client) -> Result<(), StoreError> {
             })?;
         tx.execute(
             "INSERT INTO pushgate_schema_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &name],
+            &[&migration.version, &migration.name],
         )
         .await
         .map_err(context)?;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use time::OffsetDateTime;
 
+use super::migrations;
 use super::plan::{self, EventRow, IncidentRow};
 use super::timefmt::{format_utc, parse_utc};
 use super::UnknownSubscriptions;
@@ -25,25 +26,6 @@ use crate::notification::ObjectKind;
 mod claims;
 mod mailboxes;
 mod reservations;
-
-/// Embedded migrations, applied in order at open.
-const MIGRATIONS: &[(i64, &str, &str)] = &[
-    (
-        1,
-        "events",
-        include_str!("../../migrations/sqlite/0001_events.sql"),
-    ),
-    (
-        2,
-        "mailboxes",
-        include_str!("../../migrations/sqlite/0002_mailboxes.sql"),
-    ),
-    (
-        3,
-        "reservations",
-        include_str!("../../migrations/sqlite/0003_reservations.sql"),
-    ),
-];
 
 /// How long a statement waits for a lock another connection holds before the commit fails
 /// (and the worker answers 503). Well below the gateway's upstream timeout.
@@ -258,26 +240,20 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
             |row| row.get(0),
         )
         .map_err(context)?;
-    let known = MIGRATIONS.last().map(|m| m.0).unwrap_or(0);
-    if let Some(newest) = newest.filter(|&v| v > known) {
-        return Err(StoreError::Migration {
-            version: newest,
-            name: "unknown",
-            detail: format!("the database was migrated by a newer pushgate (knows up to {known})"),
-        });
-    }
-    for &(version, name, sql) in MIGRATIONS {
-        if newest.is_some_and(|newest| newest >= version) {
-            continue;
-        }
-        tx.execute_batch(sql).map_err(|e| StoreError::Migration {
-            version,
-            name,
-            detail: e.to_string(),
-        })?;
+    for migration in migrations::pending(migrations::SQLITE, newest)? {
+        tx.execute_batch(migration.sql)
+            .map_err(|e| StoreError::Migration {
+                version: migration.version,
+                name: migration.name,
+                detail: e.to_string(),
+            })?;
         tx.execute(
             "INSERT INTO pushgate_schema_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
-            params![version, name, format_utc(OffsetDateTime::now_utc())],
+            params![
+                migration.version,
+                migration.name,
+                format_utc(OffsetDateTime::now_utc())
+            ],
         )
         .map_err(context)?;
     }
