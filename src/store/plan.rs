@@ -11,7 +11,6 @@ use std::collections::{HashMap, HashSet};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::timefmt::format_utc;
 use super::UnknownSubscriptions;
 use super::{
     IncidentKind, IngestOutcome, IngestRequest, IngestResult, SubscriptionRecord, SubscriptionState,
@@ -124,7 +123,7 @@ pub(crate) struct EventRow<'a> {
     pub old_parent_folder_change_key: Option<&'a str>,
     pub unread_count: Option<i32>,
     pub event_time: Option<&'a str>,
-    pub received_at: String,
+    pub received_at: OffsetDateTime,
     pub request_id: Option<&'a str>,
 }
 
@@ -139,7 +138,7 @@ pub(crate) struct IncidentRow<'a> {
     pub message_text: Option<&'a str>,
     pub detail: Option<String>,
     pub dedupe_key: String,
-    pub received_at: String,
+    pub received_at: OffsetDateTime,
     pub request_id: Option<&'a str>,
 }
 
@@ -242,7 +241,7 @@ pub(crate) fn plan_rows<'a>(
     let mut event_index: HashMap<(&'a str, String), usize> = HashMap::new();
     let mut incident_index: HashMap<String, usize> = HashMap::new();
     for request in batch {
-        let received_at = format_utc(request.received_at);
+        let received_at = request.received_at;
         let mut plans = Vec::with_capacity(request.notification.response_messages.len());
         for message in &request.notification.response_messages {
             if is_unwanted(message.subscription_id.as_deref(), known, unknown) {
@@ -297,7 +296,7 @@ pub(crate) fn plan_rows<'a>(
                         old_parent_folder_change_key,
                         unread_count: event.unread_count,
                         event_time: event.timestamp.as_deref(),
-                        received_at: received_at.clone(),
+                        received_at,
                         request_id: request.request_id.as_deref(),
                     });
                     event_index.insert(slot, index);
@@ -333,7 +332,7 @@ pub(crate) fn plan_rows<'a>(
                     message_text: message.message_text.as_deref(),
                     detail: None,
                     dedupe_key: key,
-                    received_at: received_at.clone(),
+                    received_at,
                     request_id: request.request_id.as_deref(),
                 });
                 RowRef {
@@ -399,7 +398,7 @@ pub(crate) fn settle<'a>(
         };
         let mut unwanted = false;
         let mut anything_new = false;
-        let received_at = format_utc(request.received_at);
+        let received_at = request.received_at;
         for (message, plan) in request.notification.response_messages.iter().zip(plans) {
             let (events, error) = match plan {
                 MessagePlan::Record { events, error } => (events, error),
@@ -484,7 +483,7 @@ pub(crate) fn settle<'a>(
                                     first_key,
                                 ],
                             ),
-                            received_at: received_at.clone(),
+                            received_at,
                             request_id: request.request_id.as_deref(),
                         });
                         if record.state == SubscriptionState::Active {

@@ -14,7 +14,6 @@ use tokio_postgres::{Client, Row, Statement};
 use self::connect::PgTarget;
 use super::migrations;
 use super::plan::{self, IncidentRow};
-use super::timefmt::{format_utc, parse_utc};
 use super::UnknownSubscriptions;
 use super::{
     event_kind_column, event_state_column, incident_kind_column, object_id_columns,
@@ -36,18 +35,6 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 const PURGE_CHUNK: i64 = 5_000;
 
-/// `timestamptz` as the text form of [`format_utc`].
-macro_rules! utc_text {
-    ($column:literal) => {
-        concat!(
-            "to_char(",
-            $column,
-            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
-        )
-    };
-}
-
-// After `utc_text!`, which they use (macros are in scope from their definition on).
 mod claims;
 pub mod connect;
 mod mailboxes;
@@ -55,9 +42,9 @@ mod reservations;
 
 const SUBSCRIPTION_SELECT: &str = concat!(
     "SELECT subscription_id, tenant, last_watermark, ",
-    utc_text!("last_notification_at"),
+    "last_notification_at",
     ", state, state_reason, ",
-    utc_text!("updated_at"),
+    "updated_at",
     ", mailbox, replay_from FROM subscriptions"
 );
 
@@ -66,22 +53,22 @@ const EVENT_SELECT: &str = concat!(
         object_kind, object_id, object_change_key, parent_folder_id, parent_folder_change_key,
         old_object_kind, old_object_id, old_object_change_key, old_parent_folder_id,
         old_parent_folder_change_key, unread_count, event_time, ",
-    utc_text!("received_at"),
+    "received_at",
     ", request_id, state, ",
-    utc_text!("processed_at"),
+    "processed_at",
     ", attempts, last_error, ",
-    utc_text!("next_attempt_at"),
+    "next_attempt_at",
     " FROM notification_events"
 );
 
 const INCIDENT_SELECT: &str = concat!(
     "SELECT id, tenant, subscription_id, kind, response_class, response_code, message_text, detail, ",
-    utc_text!("received_at"),
+    "received_at",
     ", request_id FROM subscription_events"
 );
 
 const REGISTER: &str = "INSERT INTO subscriptions (subscription_id, tenant, state, updated_at)
-    SELECT id, tenant, 'active', $3::text::timestamptz
+    SELECT id, tenant, 'active', $3::timestamptz
     FROM UNNEST($1::text[], $2::text[]) AS u(id, tenant) ORDER BY id
     ON CONFLICT (subscription_id) DO NOTHING
     RETURNING subscription_id";
@@ -96,11 +83,11 @@ const INSERT_EVENTS: &str = "INSERT INTO notification_events (
         object_kind, object_id, object_change_key, parent_folder_id, parent_folder_change_key,
         old_object_kind, old_object_id, old_object_change_key,
         old_parent_folder_id, old_parent_folder_change_key,
-        unread_count, event_time, received_at::timestamptz, request_id
+        unread_count, event_time, received_at, request_id
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[],
                 $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
                 $14::text[], $15::text[], $16::text[], $17::text[], $18::int4[], $19::text[],
-                $20::text[], $21::text[])
+                $20::timestamptz[], $21::text[])
       WITH ORDINALITY AS u(tenant, subscription_id, previous_watermark, watermark, dedupe_key,
         position, kind, object_kind, object_id, object_change_key, parent_folder_id,
         parent_folder_change_key, old_object_kind, old_object_id, old_object_change_key,
@@ -114,9 +101,9 @@ const INSERT_INCIDENTS: &str = "INSERT INTO subscription_events (
         tenant, subscription_id, kind, response_class, response_code, message_text, detail,
         dedupe_key, received_at, request_id)
     SELECT tenant, subscription_id, kind, response_class, response_code, message_text, detail,
-        dedupe_key, received_at::timestamptz, request_id
+        dedupe_key, received_at, request_id
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
-                $8::text[], $9::text[], $10::text[])
+                $8::text[], $9::timestamptz[], $10::text[])
       WITH ORDINALITY AS u(tenant, subscription_id, kind, response_class, response_code,
         message_text, detail, dedupe_key, received_at, request_id, ordinal)
     ORDER BY ordinal
@@ -125,10 +112,11 @@ const INSERT_INCIDENTS: &str = "INSERT INTO subscription_events (
 
 const UPDATE_SUBSCRIPTIONS: &str = "UPDATE subscriptions AS s SET
         last_watermark = u.last_watermark,
-        last_notification_at = u.last_notification_at::timestamptz,
-        state = u.state, state_reason = u.state_reason, updated_at = u.updated_at::timestamptz,
+        last_notification_at = u.last_notification_at,
+        state = u.state, state_reason = u.state_reason, updated_at = u.updated_at,
         replay_from = u.replay_from
-    FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
+    FROM UNNEST($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[],
+                $6::timestamptz[], $7::text[])
       AS u(subscription_id, last_watermark, last_notification_at, state, state_reason, updated_at,
            replay_from)
     WHERE s.subscription_id = u.subscription_id";
@@ -216,17 +204,17 @@ fn subscription_record(row: &Row) -> Result<SubscriptionRecord, StoreError> {
 /// The subscription columns of [`SUBSCRIPTION_SELECT`] starting at column `at` (joins put them
 /// after others).
 fn subscription_record_at(row: &Row, at: usize) -> Result<SubscriptionRecord, StoreError> {
-    let last_at: Option<String> = column(row, at + 3)?;
+    let last_at: Option<OffsetDateTime> = column(row, at + 3)?;
     let state: String = column(row, at + 4)?;
-    let updated_at: String = column(row, at + 6)?;
+    let updated_at: OffsetDateTime = column(row, at + 6)?;
     Ok(SubscriptionRecord {
         subscription_id: column(row, at)?,
         tenant: column(row, at + 1)?,
         last_watermark: column(row, at + 2)?,
-        last_notification_at: last_at.as_deref().map(parse_utc).transpose()?,
+        last_notification_at: last_at,
         state: subscription_state_column(&state)?,
         state_reason: column(row, at + 5)?,
-        updated_at: parse_utc(&updated_at)?,
+        updated_at,
         mailbox: column(row, at + 7)?,
         replay_from: column(row, at + 8)?,
     })
@@ -236,11 +224,11 @@ fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
     let kind: String = column(row, 7)?;
     let object_kind: Option<String> = column(row, 8)?;
     let old_object_kind: Option<String> = column(row, 13)?;
-    let received_at: String = column(row, 20)?;
+    let received_at: OffsetDateTime = column(row, 20)?;
     let state: String = column(row, 22)?;
-    let processed_at: Option<String> = column(row, 23)?;
+    let processed_at: Option<OffsetDateTime> = column(row, 23)?;
     let attempts: i32 = column(row, 24)?;
-    let next_attempt_at: Option<String> = column(row, 26)?;
+    let next_attempt_at: Option<OffsetDateTime> = column(row, 26)?;
     Ok(StoredEvent {
         id: column(row, 0)?,
         tenant: column(row, 1)?,
@@ -276,13 +264,13 @@ fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
         )?,
         unread_count: column(row, 18)?,
         event_time: column(row, 19)?,
-        received_at: parse_utc(&received_at)?,
+        received_at,
         request_id: column(row, 21)?,
         state: event_state_column(&state)?,
-        processed_at: processed_at.as_deref().map(parse_utc).transpose()?,
+        processed_at,
         attempts: u32::try_from(attempts).unwrap_or(0),
         last_error: column(row, 25)?,
-        next_attempt_at: next_attempt_at.as_deref().map(parse_utc).transpose()?,
+        next_attempt_at,
     })
 }
 
@@ -409,7 +397,6 @@ async fn commit_batch(
     let client = &connection.client;
     let statements = &connection.statements;
     let now = OffsetDateTime::now_utc();
-    let now_text = format_utc(now);
     let keys = plan::subscription_keys(batch);
     let ids: Vec<&str> = keys.iter().map(|k| k.0).collect();
     let tenants: Vec<&str> = keys.iter().map(|k| k.1).collect();
@@ -421,7 +408,7 @@ async fn commit_batch(
         async {
             if register {
                 client
-                    .query(&statements.register, &[&ids, &tenants, &now_text])
+                    .query(&statements.register, &[&ids, &tenants, &now])
                     .await
             } else {
                 Ok(Vec::new())
@@ -469,13 +456,11 @@ async fn commit_batch(
         .iter()
         .map(|r| r.last_watermark.as_deref())
         .collect();
-    let last_at: Vec<Option<String>> = updates
-        .iter()
-        .map(|r| r.last_notification_at.map(format_utc))
-        .collect();
+    let last_at: Vec<Option<OffsetDateTime>> =
+        updates.iter().map(|r| r.last_notification_at).collect();
     let state: Vec<&str> = updates.iter().map(|r| r.state.as_str()).collect();
     let reason: Vec<Option<&str>> = updates.iter().map(|r| r.state_reason.as_deref()).collect();
-    let updated_at: Vec<String> = updates.iter().map(|r| format_utc(r.updated_at)).collect();
+    let updated_at: Vec<OffsetDateTime> = updates.iter().map(|r| r.updated_at).collect();
     let replay_from: Vec<Option<&str>> = updates.iter().map(|r| r.replay_from.as_deref()).collect();
     tokio::try_join!(
         insert_incidents(client, &statements.insert_incidents, &settled.gap_incidents),
@@ -536,7 +521,7 @@ async fn insert_events(
         e.iter().map(|r| r.old_parent_folder_change_key).collect();
     let unread_count: Vec<Option<i32>> = e.iter().map(|r| r.unread_count).collect();
     let event_time: Vec<Option<&str>> = e.iter().map(|r| r.event_time).collect();
-    let received_at: Vec<&str> = e.iter().map(|r| r.received_at.as_str()).collect();
+    let received_at: Vec<OffsetDateTime> = e.iter().map(|r| r.received_at).collect();
     let request_id: Vec<Option<&str>> = e.iter().map(|r| r.request_id).collect();
     let returned = client
         .query(
@@ -593,7 +578,7 @@ async fn insert_incidents(
     let message_text: Vec<Option<&str>> = rows.iter().map(|r| r.message_text).collect();
     let detail: Vec<Option<&str>> = rows.iter().map(|r| r.detail.as_deref()).collect();
     let dedupe_key: Vec<&str> = rows.iter().map(|r| r.dedupe_key.as_str()).collect();
-    let received_at: Vec<&str> = rows.iter().map(|r| r.received_at.as_str()).collect();
+    let received_at: Vec<OffsetDateTime> = rows.iter().map(|r| r.received_at).collect();
     let request_id: Vec<Option<&str>> = rows.iter().map(|r| r.request_id).collect();
     let returned = client
         .query(
@@ -687,10 +672,8 @@ impl EventStore for PostgresStore {
     }
 
     async fn purge_processed_before(&self, cutoff: OffsetDateTime) -> Result<u64, StoreError> {
-        let cutoff = format_utc(cutoff);
         let mut total = 0u64;
         loop {
-            let cutoff = cutoff.clone();
             let deleted = self
                 .with_aux(|c| {
                     Box::pin(async move {
@@ -698,7 +681,7 @@ impl EventStore for PostgresStore {
                             .execute(
                                 "DELETE FROM notification_events WHERE id IN (
                                      SELECT id FROM notification_events
-                                     WHERE state = 'processed' AND processed_at < $1::text::timestamptz
+                                     WHERE state = 'processed' AND processed_at < $1::timestamptz
                                      LIMIT $2 FOR UPDATE SKIP LOCKED)",
                                 &[&cutoff, &PURGE_CHUNK],
                             )
@@ -775,7 +758,7 @@ impl EventStore for PostgresStore {
                 rows.iter()
                     .map(|row| {
                         let kind: String = column(row, 3)?;
-                        let received_at: String = column(row, 8)?;
+                        let received_at: OffsetDateTime = column(row, 8)?;
                         Ok(SubscriptionIncident {
                             id: column(row, 0)?,
                             tenant: column(row, 1)?,
@@ -785,7 +768,7 @@ impl EventStore for PostgresStore {
                             response_code: column(row, 5)?,
                             message_text: column(row, 6)?,
                             detail: column(row, 7)?,
-                            received_at: parse_utc(&received_at)?,
+                            received_at,
                             request_id: column(row, 9)?,
                         })
                     })
@@ -804,13 +787,13 @@ impl EventStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let (subscription_id, tenant) = (subscription_id.to_string(), tenant.to_string());
         let reason = reason.map(str::to_string);
-        let now = format_utc(OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
         self.with_aux(|c| {
             Box::pin(async move {
                 c.client
                     .execute(
                         "INSERT INTO subscriptions (subscription_id, tenant, state, state_reason, updated_at)
-                         VALUES ($1, $2, $3, $4, $5::text::timestamptz)
+                         VALUES ($1, $2, $3, $4, $5::timestamptz)
                          ON CONFLICT (subscription_id) DO UPDATE SET state = excluded.state,
                              state_reason = excluded.state_reason, updated_at = excluded.updated_at",
                         &[&subscription_id, &tenant, &state.as_str(), &reason, &now],
@@ -830,13 +813,12 @@ impl EventStore for PostgresStore {
         at: OffsetDateTime,
     ) -> Result<u64, StoreError> {
         let ids = ids.to_vec();
-        let processed_at =
-            matches!(state, EventState::Processed | EventState::Failed).then(|| format_utc(at));
+        let processed_at = matches!(state, EventState::Processed | EventState::Failed).then(|| at);
         self.with_aux(|c| {
             Box::pin(async move {
                 c.client
                     .execute(
-                        "UPDATE notification_events SET state = $2, processed_at = $3::text::timestamptz
+                        "UPDATE notification_events SET state = $2, processed_at = $3::timestamptz
                          WHERE id = ANY($1::int8[])",
                         &[&ids, &state.as_str(), &processed_at],
                     )

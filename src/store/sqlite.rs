@@ -474,7 +474,7 @@ fn insert_event(
         row.old_parent_folder_change_key,
         row.unread_count,
         row.event_time,
-        row.received_at,
+        format_utc(row.received_at),
         row.request_id,
     ])
 }
@@ -498,7 +498,7 @@ fn insert_incident(
         row.message_text,
         row.detail,
         row.dedupe_key,
-        row.received_at,
+        format_utc(row.received_at),
         row.request_id,
     ])
 }

@@ -1,6 +1,7 @@
-//! One text form for instants in both databases: UTC, microseconds, fixed width
-//! (`2026-11-20T08:15:02.123456Z`), so that SQLite compares them correctly as strings and
-//! PostgreSQL casts them to `timestamptz` without loss.
+//! The text form of instants where they are stored as text: SQLite's columns (UTC, microseconds,
+//! fixed width: `2026-11-20T08:15:02.123456Z`, so that they compare correctly as strings) and the
+//! reservation filter both backends share. PostgreSQL binds and reads `timestamptz` as `time`
+//! values directly (tokio-postgres' `with-time-0_3`).
 
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -19,7 +20,7 @@ pub fn format_utc(t: OffsetDateTime) -> String {
         .unwrap_or_else(|_| "9999-12-31T23:59:59.999999Z".to_string())
 }
 
-/// Reads what [`format_utc`] wrote (and PostgreSQL's `to_char` in the same pattern).
+/// Reads what [`format_utc`] wrote.
 pub fn parse_utc(text: &str) -> Result<OffsetDateTime, StoreError> {
     PrimitiveDateTime::parse(text, UTC_MICROS)
         .map(PrimitiveDateTime::assume_utc)

@@ -12,7 +12,6 @@ use super::mailboxes::{begin_error, commit_error};
 use super::{column, pg_error, stored_event, PostgresStore, EVENT_SELECT};
 use crate::store::claims::{ClaimedEvents, EventClaims};
 use crate::store::mailboxes::{truncate, Lease};
-use crate::store::timefmt::format_utc;
 use crate::store::{StoreError, StoredEvent};
 
 /// Subscriptions whose oldest pending event is due and none of whose pending events is claimed,
@@ -23,8 +22,8 @@ const FREE_SUBSCRIPTIONS: &str = "SELECT h.subscription_id FROM (
         WHERE state = 'pending' AND ($3::text[] IS NULL OR subscription_id = ANY($3::text[]))
         GROUP BY subscription_id) h
     JOIN notification_events e ON e.id = h.head
-    WHERE (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1::text::timestamptz)
-      AND (h.claimed_until IS NULL OR h.claimed_until <= $1::text::timestamptz)
+    WHERE (e.next_attempt_at IS NULL OR e.next_attempt_at <= $1::timestamptz)
+      AND (h.claimed_until IS NULL OR h.claimed_until <= $1::timestamptz)
     ORDER BY h.head LIMIT $2";
 
 /// Releases `owner`'s claims on a subscription's pending events.
@@ -47,7 +46,6 @@ impl EventClaims for PostgresStore {
         self.with_aux(|c| {
             Box::pin(async move {
                 let context = |e| pg_error("claiming events", e);
-                let now = format_utc(now);
                 let tx = c.client.transaction().await.map_err(begin_error)?;
                 let no_ids: Option<Vec<String>> = None;
                 // Twice as many candidates as wanted: some may be locked by another replica.
@@ -93,7 +91,7 @@ impl EventClaims for PostgresStore {
                 let claimed_ids: Vec<i64> = tx
                     .query(
                         "UPDATE notification_events SET claimed_by = $3,
-                             claimed_until = $4::text::timestamptz
+                             claimed_until = $4::timestamptz
                          WHERE id IN (
                              SELECT id FROM (
                                  SELECT id, row_number() OVER (
@@ -102,7 +100,7 @@ impl EventClaims for PostgresStore {
                                  WHERE state = 'pending' AND subscription_id = ANY($1::text[])
                              ) ranked WHERE rank <= $2)
                          RETURNING id",
-                        &[&free, &max_events, &lease.owner, &format_utc(lease.until)],
+                        &[&free, &max_events, &lease.owner, &lease.until],
                     )
                     .await
                     .map_err(context)?
@@ -157,13 +155,12 @@ impl EventClaims for PostgresStore {
 
     async fn finish_events(&self, ids: &[i64], now: OffsetDateTime) -> Result<u64, StoreError> {
         let ids = ids.to_vec();
-        let now = format_utc(now);
         self.with_aux(|c| {
             Box::pin(async move {
                 c.client
                     .execute(
                         "UPDATE notification_events SET state = 'processed',
-                             processed_at = $2::text::timestamptz,
+                             processed_at = $2::timestamptz,
                              claimed_by = NULL, claimed_until = NULL
                          WHERE id = ANY($1::int8[]) AND state = 'pending'",
                         &[&ids, &now],
@@ -200,7 +197,6 @@ impl EventClaims for PostgresStore {
         next_attempt_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let (owner, error) = (owner.to_string(), truncate(error));
-        let next_attempt_at = format_utc(next_attempt_at);
         self.with_aux(|c| {
             Box::pin(async move {
                 let context = |e| pg_error("recording a failed event", e);
@@ -208,7 +204,7 @@ impl EventClaims for PostgresStore {
                 let Some(row) = tx
                     .query_opt(
                         "UPDATE notification_events SET attempts = attempts + 1, last_error = $2,
-                             next_attempt_at = $3::text::timestamptz
+                             next_attempt_at = $3::timestamptz
                          WHERE id = $1 AND state = 'pending'
                          RETURNING subscription_id",
                         &[&id, &error, &next_attempt_at],
@@ -237,7 +233,6 @@ impl EventClaims for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let (owner, error) = (owner.to_string(), truncate(error));
-        let now = format_utc(now);
         self.with_aux(|c| {
             Box::pin(async move {
                 let context = |e| pg_error("parking a dead letter", e);
@@ -245,7 +240,7 @@ impl EventClaims for PostgresStore {
                 let Some(row) = tx
                     .query_opt(
                         "UPDATE notification_events SET state = 'failed',
-                             processed_at = $2::text::timestamptz, attempts = attempts + 1,
+                             processed_at = $2::timestamptz, attempts = attempts + 1,
                              last_error = $3, next_attempt_at = NULL,
                              claimed_by = NULL, claimed_until = NULL
                          WHERE id = $1 AND state = 'pending'

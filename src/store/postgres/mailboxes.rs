@@ -12,7 +12,6 @@ use crate::store::mailboxes::{
     MailboxRecord, MailboxStore, MailboxSummary, MailboxView, PutMailbox, PutOutcome, RenewCause,
     ResyncRequest, SubscribeOutcome, RETIRED_REASON,
 };
-use crate::store::timefmt::{format_utc, parse_utc};
 use crate::store::{StoreError, SubscriptionRecord};
 
 macro_rules! view_select {
@@ -20,21 +19,21 @@ macro_rules! view_select {
         concat!(
             "SELECT m.address, m.tenant, m.sync, m.state, m.subscription_id, m.last_error,
                 m.renew_cause, m.attempts, ",
-            utc_text!("m.next_attempt_at"),
+            "m.next_attempt_at",
             ", ",
-            utc_text!("m.subscribed_at"),
+            "m.subscribed_at",
             ", ",
-            utc_text!("m.resync_requested_at"),
+            "m.resync_requested_at",
             ", m.lease_owner, ",
-            utc_text!("m.lease_until"),
+            "m.lease_until",
             ", ",
-            utc_text!("m.created_at"),
+            "m.created_at",
             ", ",
-            utc_text!("m.updated_at"),
+            "m.updated_at",
             ", s.subscription_id, s.tenant, s.last_watermark, ",
-            utc_text!("s.last_notification_at"),
+            "s.last_notification_at",
             ", s.state, s.state_reason, ",
-            utc_text!("s.updated_at"),
+            "s.updated_at",
             ", s.mailbox, s.replay_from
              FROM mailboxes m LEFT JOIN subscriptions s ON s.subscription_id = m.subscription_id"
         )
@@ -47,16 +46,15 @@ const VIEW_SELECT: &str = view_select!();
 const SUBSCRIPTION_AT: usize = 15;
 
 fn instant(row: &Row, index: usize) -> Result<Option<OffsetDateTime>, StoreError> {
-    let text: Option<String> = column(row, index)?;
-    text.as_deref().map(parse_utc).transpose()
+    column(row, index)
 }
 
 fn view(row: &Row) -> Result<MailboxView, StoreError> {
     let state: String = column(row, 3)?;
     let renew_cause: Option<String> = column(row, 6)?;
     let attempts: i32 = column(row, 7)?;
-    let created_at: String = column(row, 13)?;
-    let updated_at: String = column(row, 14)?;
+    let created_at: OffsetDateTime = column(row, 13)?;
+    let updated_at: OffsetDateTime = column(row, 14)?;
     let mailbox = MailboxRecord {
         address: column(row, 0)?,
         tenant: column(row, 1)?,
@@ -74,8 +72,8 @@ fn view(row: &Row) -> Result<MailboxView, StoreError> {
         resync_requested_at: instant(row, 10)?,
         lease_owner: column(row, 11)?,
         lease_until: instant(row, 12)?,
-        created_at: parse_utc(&created_at)?,
-        updated_at: parse_utc(&updated_at)?,
+        created_at,
+        updated_at,
     };
     let joined: Option<String> = column(row, SUBSCRIPTION_AT)?;
     let subscription = match joined {
@@ -112,9 +110,9 @@ async fn write_mailbox(tx: &Transaction<'_>, record: &MailboxRecord) -> Result<(
         "INSERT INTO mailboxes (address, tenant, sync, state, subscription_id, last_error,
              renew_cause, attempts, next_attempt_at, subscribed_at, resync_requested_at,
              lease_owner, lease_until, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::text::timestamptz, $10::text::timestamptz,
-             $11::text::timestamptz, $12, $13::text::timestamptz, $14::text::timestamptz,
-             $15::text::timestamptz)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::timestamptz, $10::timestamptz,
+             $11::timestamptz, $12, $13::timestamptz, $14::timestamptz,
+             $15::timestamptz)
          ON CONFLICT (address) DO UPDATE SET tenant = excluded.tenant, sync = excluded.sync,
              state = excluded.state, subscription_id = excluded.subscription_id,
              last_error = excluded.last_error, renew_cause = excluded.renew_cause,
@@ -132,13 +130,13 @@ async fn write_mailbox(tx: &Transaction<'_>, record: &MailboxRecord) -> Result<(
             &record.last_error,
             &record.renew_cause.map(RenewCause::as_str),
             &attempts,
-            &record.next_attempt_at.map(format_utc),
-            &record.subscribed_at.map(format_utc),
-            &record.resync_requested_at.map(format_utc),
+            &record.next_attempt_at,
+            &record.subscribed_at,
+            &record.resync_requested_at,
             &record.lease_owner,
-            &record.lease_until.map(format_utc),
-            &format_utc(record.created_at),
-            &format_utc(record.updated_at),
+            &record.lease_until,
+            &record.created_at,
+            &record.updated_at,
         ],
     )
     .await
@@ -154,9 +152,9 @@ async fn retire(
 ) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE subscriptions SET state = 'unsubscribed', state_reason = $2,
-             updated_at = $3::text::timestamptz
+             updated_at = $3::timestamptz
          WHERE subscription_id = $1",
-        &[&subscription_id, &RETIRED_REASON, &format_utc(now)],
+        &[&subscription_id, &RETIRED_REASON, &now],
     )
     .await
     .map(|_| ())
@@ -171,7 +169,7 @@ async fn upsert_subscription(
     tx.execute(
         "INSERT INTO subscriptions (subscription_id, tenant, last_watermark, last_notification_at,
              state, state_reason, updated_at, mailbox, replay_from)
-         VALUES ($1, $2, $3, $4::text::timestamptz, $5, $6, $7::text::timestamptz, $8, $9)
+         VALUES ($1, $2, $3, $4::timestamptz, $5, $6, $7::timestamptz, $8, $9)
          ON CONFLICT (subscription_id) DO UPDATE SET tenant = excluded.tenant,
              last_watermark = coalesce(subscriptions.last_watermark, excluded.last_watermark),
              state = excluded.state, state_reason = excluded.state_reason,
@@ -180,10 +178,10 @@ async fn upsert_subscription(
             &record.subscription_id,
             &record.tenant,
             &record.last_watermark,
-            &record.last_notification_at.map(format_utc),
+            &record.last_notification_at,
             &record.state.as_str(),
             &record.state_reason,
-            &format_utc(record.updated_at),
+            &record.updated_at,
             &record.mailbox,
             &record.replay_from,
         ],
@@ -320,7 +318,6 @@ impl MailboxStore for PostgresStore {
         silent_before: OffsetDateTime,
         limit: usize,
     ) -> Result<Vec<MailboxView>, StoreError> {
-        let (now, silent_before) = (format_utc(now), format_utc(silent_before));
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_aux(|c| {
             Box::pin(async move {
@@ -330,15 +327,15 @@ impl MailboxStore for PostgresStore {
                         &format!(
                             "{VIEW_SELECT}
                              WHERE m.sync AND (m.lease_until IS NULL
-                                               OR m.lease_until <= $1::text::timestamptz)
+                                               OR m.lease_until <= $1::timestamptz)
                                AND ((m.state IN ('subscribing', 'renewing', 'failed')
                                      AND (m.next_attempt_at IS NULL
-                                          OR m.next_attempt_at <= $1::text::timestamptz))
+                                          OR m.next_attempt_at <= $1::timestamptz))
                                  OR (m.state = 'active'
                                      AND (s.subscription_id IS NULL
                                           OR s.state IN ('resync_needed', 'resubscribe_needed')
                                           OR coalesce(s.last_notification_at, m.subscribed_at)
-                                             < $2::text::timestamptz)))
+                                             < $2::timestamptz)))
                              ORDER BY coalesce(m.next_attempt_at, s.last_notification_at,
                                                m.subscribed_at)
                              LIMIT $3"
@@ -442,7 +439,6 @@ impl MailboxStore for PostgresStore {
     }
 
     async fn subscribe_in_flight(&self, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let now = format_utc(now);
         self.with_aux(|c| {
             Box::pin(async move {
                 let row = c
@@ -450,7 +446,7 @@ impl MailboxStore for PostgresStore {
                     .query_one(
                         "SELECT EXISTS (SELECT 1 FROM mailboxes
                              WHERE state IN ('subscribing', 'renewing')
-                               AND lease_until > $1::text::timestamptz)",
+                               AND lease_until > $1::timestamptz)",
                         &[&now],
                     )
                     .await
@@ -483,7 +479,7 @@ impl MailboxStore for PostgresStore {
                     .query_one(
                         concat!(
                             "SELECT ",
-                            utc_text!("min(coalesce(s.last_notification_at, m.subscribed_at))"),
+                            "min(coalesce(s.last_notification_at, m.subscribed_at))",
                             " FROM mailboxes m LEFT JOIN subscriptions s
                                 ON s.subscription_id = m.subscription_id
                               WHERE m.state = 'active'"
@@ -510,9 +506,9 @@ impl MailboxStore for PostgresStore {
                     .query_opt(
                         concat!(
                             "SELECT address, calendar_folder_id, ",
-                            utc_text!("resync_requested_at"),
+                            "resync_requested_at",
                             ", ",
-                            utc_text!("resynced_at"),
+                            "resynced_at",
                             " FROM mailboxes WHERE address = $1"
                         ),
                         &[&address],
@@ -555,12 +551,12 @@ impl MailboxStore for PostgresStore {
     }
 
     async fn request_resync(&self, address: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
-        let (address, now) = (address.to_string(), format_utc(now));
+        let address = address.to_string();
         self.with_aux(|c| {
             Box::pin(async move {
                 c.client
                     .execute(
-                        "UPDATE mailboxes SET resync_requested_at = $2::text::timestamptz
+                        "UPDATE mailboxes SET resync_requested_at = $2::timestamptz
                          WHERE address = $1",
                         &[&address, &now],
                     )
@@ -578,7 +574,7 @@ impl MailboxStore for PostgresStore {
         lease: &Lease,
         limit: usize,
     ) -> Result<Vec<ResyncRequest>, StoreError> {
-        let (now, lease) = (format_utc(now), lease.clone());
+        let lease = lease.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.with_aux(|c| {
             Box::pin(async move {
@@ -590,10 +586,10 @@ impl MailboxStore for PostgresStore {
                     .query(
                         concat!(
                             "SELECT address, tenant, ",
-                            utc_text!("resync_requested_at"),
+                            "resync_requested_at",
                             ", calendar_folder_id FROM mailboxes
                              WHERE resync_requested_at IS NOT NULL AND sync AND state = 'active'
-                               AND (resync_until IS NULL OR resync_until <= $1::text::timestamptz)
+                               AND (resync_until IS NULL OR resync_until <= $1::timestamptz)
                              ORDER BY resync_requested_at LIMIT $2
                              FOR UPDATE SKIP LOCKED"
                         ),
@@ -603,19 +599,19 @@ impl MailboxStore for PostgresStore {
                     .map_err(context)?;
                 let mut taken = Vec::with_capacity(rows.len());
                 for row in &rows {
-                    let requested_at: String = column(row, 2)?;
+                    let requested_at: OffsetDateTime = column(row, 2)?;
                     taken.push(ResyncRequest {
                         address: column(row, 0)?,
                         tenant: column(row, 1)?,
-                        requested_at: parse_utc(&requested_at)?,
+                        requested_at,
                         calendar_folder_id: column(row, 3)?,
                     });
                 }
                 let addresses: Vec<&str> = taken.iter().map(|t| t.address.as_str()).collect();
                 tx.execute(
-                    "UPDATE mailboxes SET resync_owner = $2, resync_until = $3::text::timestamptz
+                    "UPDATE mailboxes SET resync_owner = $2, resync_until = $3::timestamptz
                      WHERE address = ANY($1::text[])",
-                    &[&addresses, &lease.owner, &format_utc(lease.until)],
+                    &[&addresses, &lease.owner, &lease.until],
                 )
                 .await
                 .map_err(context)?;
@@ -633,15 +629,14 @@ impl MailboxStore for PostgresStore {
         now: OffsetDateTime,
     ) -> Result<(), StoreError> {
         let address = address.to_string();
-        let (requested_at, now) = (format_utc(requested_at), format_utc(now));
         self.with_aux(|c| {
             Box::pin(async move {
                 c.client
                     .execute(
                         "UPDATE mailboxes SET resync_requested_at = CASE
-                                 WHEN resync_requested_at <= $2::text::timestamptz THEN NULL
+                                 WHEN resync_requested_at <= $2::timestamptz THEN NULL
                                  ELSE resync_requested_at END,
-                             resynced_at = $3::text::timestamptz,
+                             resynced_at = $3::timestamptz,
                              resync_owner = NULL, resync_until = NULL
                          WHERE address = $1",
                         &[&address, &requested_at, &now],
@@ -660,12 +655,12 @@ impl MailboxStore for PostgresStore {
         owner: &str,
         until: OffsetDateTime,
     ) -> Result<(), StoreError> {
-        let (address, owner, until) = (address.to_string(), owner.to_string(), format_utc(until));
+        let (address, owner) = (address.to_string(), owner.to_string());
         self.with_aux(|c| {
             Box::pin(async move {
                 c.client
                     .execute(
-                        "UPDATE mailboxes SET resync_until = $3::text::timestamptz
+                        "UPDATE mailboxes SET resync_until = $3::timestamptz
                          WHERE address = $1 AND resync_owner = $2",
                         &[&address, &owner, &until],
                     )

@@ -18,7 +18,6 @@ use crate::store::reservations::{
     Planned, Reservation, ReservationChange, ReservationCursor, ReservationError,
     ReservationFilter, ReservationStore, ReservationWrite, SyncBacklog,
 };
-use crate::store::timefmt::{format_utc, parse_utc};
 use crate::store::{
     change_source_column, last_change_column, outbox_state_column, reservation_status_column,
     sync_state_column, StoreError,
@@ -27,14 +26,14 @@ use crate::store::{
 /// The columns of a [`Reservation`], `write_pending` derived from the outbox.
 const RESERVATION_SELECT: &str = concat!(
     "SELECT r.id, r.tenant, r.mailbox, r.resource, r.subject, ",
-    utc_text!("r.start_at"),
+    "r.start_at",
     ", ",
-    utc_text!("r.end_at"),
+    "r.end_at",
     ", r.status, r.source, r.item_id, r.change_key, r.sync_state, r.version, r.last_change,
         r.last_error, ",
-    utc_text!("r.created_at"),
+    "r.created_at",
     ", ",
-    utc_text!("r.updated_at"),
+    "r.updated_at",
     ", EXISTS (SELECT 1 FROM outbox o WHERE o.reservation_id = r.id AND o.state = 'pending')
      FROM reservations r"
 );
@@ -47,8 +46,8 @@ fn reservation(row: &Row) -> Result<Reservation, StoreError> {
         mailbox: column(row, 2)?,
         resource: column(row, 3)?,
         subject: column(row, 4)?,
-        start: parse_utc(&text(5)?)?,
-        end: parse_utc(&text(6)?)?,
+        start: column::<OffsetDateTime>(row, 5)?,
+        end: column::<OffsetDateTime>(row, 6)?,
         status: reservation_status_column(&text(7)?)?,
         source: change_source_column(&text(8)?)?,
         item_id: column(row, 9)?,
@@ -57,8 +56,8 @@ fn reservation(row: &Row) -> Result<Reservation, StoreError> {
         version: column(row, 12)?,
         last_change: last_change_column(&text(13)?)?,
         last_error: column(row, 14)?,
-        created_at: parse_utc(&text(15)?)?,
-        updated_at: parse_utc(&text(16)?)?,
+        created_at: column::<OffsetDateTime>(row, 15)?,
+        updated_at: column::<OffsetDateTime>(row, 16)?,
         write_pending: column(row, 17)?,
     })
 }
@@ -88,16 +87,16 @@ async fn insert_reservation(tx: &Transaction<'_>, r: &Reservation) -> Result<(),
         "INSERT INTO reservations (id, tenant, mailbox, resource, subject, start_at, end_at,
              status, source, item_id, change_key, sync_state, version, last_change, last_error,
              created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6::text::timestamptz, $7::text::timestamptz, $8, $9, $10,
-             $11, $12, $13, $14, $15, $16::text::timestamptz, $17::text::timestamptz)",
+         VALUES ($1, $2, $3, $4, $5, $6::timestamptz, $7::timestamptz, $8, $9, $10,
+             $11, $12, $13, $14, $15, $16::timestamptz, $17::timestamptz)",
         &[
             &r.id,
             &r.tenant,
             &r.mailbox,
             &r.resource,
             &r.subject,
-            &format_utc(r.start),
-            &format_utc(r.end),
+            &r.start,
+            &r.end,
             &r.status.as_str(),
             &r.source.as_str(),
             &r.item_id,
@@ -106,8 +105,8 @@ async fn insert_reservation(tx: &Transaction<'_>, r: &Reservation) -> Result<(),
             &r.version,
             &r.last_change.as_str(),
             &r.last_error,
-            &format_utc(r.created_at),
-            &format_utc(r.updated_at),
+            &r.created_at,
+            &r.updated_at,
         ],
     )
     .await
@@ -119,17 +118,17 @@ async fn insert_reservation(tx: &Transaction<'_>, r: &Reservation) -> Result<(),
 /// creation time never change).
 async fn write_reservation(tx: &Transaction<'_>, r: &Reservation) -> Result<(), StoreError> {
     tx.execute(
-        "UPDATE reservations SET resource = $2, subject = $3, start_at = $4::text::timestamptz,
-             end_at = $5::text::timestamptz, status = $6, item_id = $7, change_key = $8,
+        "UPDATE reservations SET resource = $2, subject = $3, start_at = $4::timestamptz,
+             end_at = $5::timestamptz, status = $6, item_id = $7, change_key = $8,
              sync_state = $9, version = $10, last_change = $11, last_error = $12,
-             updated_at = $13::text::timestamptz
+             updated_at = $13::timestamptz
          WHERE id = $1",
         &[
             &r.id,
             &r.resource,
             &r.subject,
-            &format_utc(r.start),
-            &format_utc(r.end),
+            &r.start,
+            &r.end,
             &r.status.as_str(),
             &r.item_id,
             &r.change_key,
@@ -137,7 +136,7 @@ async fn write_reservation(tx: &Transaction<'_>, r: &Reservation) -> Result<(), 
             &r.version,
             &r.last_change.as_str(),
             &r.last_error,
-            &format_utc(r.updated_at),
+            &r.updated_at,
         ],
     )
     .await
@@ -151,13 +150,12 @@ async fn insert_outbox(
     row: OutboxInsert,
     now: OffsetDateTime,
 ) -> Result<i64, StoreError> {
-    let now = format_utc(now);
     let inserted = tx
         .query_one(
             "INSERT INTO outbox (reservation_id, version, state, next_attempt_at,
                  create_outcome_unknown, created_at, updated_at)
-             VALUES ($1, $2, 'pending', $3::text::timestamptz, $4, $3::text::timestamptz,
-                 $3::text::timestamptz)
+             VALUES ($1, $2, 'pending', $3::timestamptz, $4, $3::timestamptz,
+                 $3::timestamptz)
              RETURNING id",
             &[
                 &reservation_id,
@@ -206,13 +204,13 @@ fn outbox_select(unknown: &str) -> String {
     format!(
         concat!(
             "SELECT o.id, o.reservation_id, o.version, o.state, o.attempts, ",
-            utc_text!("o.next_attempt_at"),
+            "o.next_attempt_at",
             ", {unknown}, o.last_error, o.lease_owner, ",
-            utc_text!("o.lease_until"),
+            "o.lease_until",
             ", ",
-            utc_text!("o.created_at"),
+            "o.created_at",
             ", ",
-            utc_text!("o.updated_at"),
+            "o.updated_at",
             " FROM outbox o"
         ),
         unknown = unknown
@@ -227,20 +225,20 @@ const CLAIMED_UNKNOWN: &str =
 fn outbox_row(row: &Row) -> Result<OutboxRow, StoreError> {
     let text = |index| -> Result<String, StoreError> { column(row, index) };
     let attempts: i32 = column(row, 4)?;
-    let lease_until: Option<String> = column(row, 9)?;
+    let lease_until: Option<OffsetDateTime> = column(row, 9)?;
     Ok(OutboxRow {
         id: column(row, 0)?,
         reservation_id: column(row, 1)?,
         version: column(row, 2)?,
         state: outbox_state_column(&text(3)?)?,
         attempts: u32::try_from(attempts).unwrap_or(0),
-        next_attempt_at: parse_utc(&text(5)?)?,
+        next_attempt_at: column::<OffsetDateTime>(row, 5)?,
         create_outcome_unknown: column(row, 6)?,
         last_error: column(row, 7)?,
         lease_owner: column(row, 8)?,
-        lease_until: lease_until.as_deref().map(parse_utc).transpose()?,
-        created_at: parse_utc(&text(10)?)?,
-        updated_at: parse_utc(&text(11)?)?,
+        lease_until,
+        created_at: column::<OffsetDateTime>(row, 10)?,
+        updated_at: column::<OffsetDateTime>(row, 11)?,
     })
 }
 
@@ -300,6 +298,8 @@ impl ReservationStore for PostgresStore {
             filter,
             after,
             |n| format!("${n}::text"),
+            // The filter builder is shared with SQLite and binds every value as text (its
+            // fixed-width UTC form), which PostgreSQL casts here.
             |n| format!("${n}::text::timestamptz"),
         );
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -452,7 +452,6 @@ impl ReservationStore for PostgresStore {
         self.with_aux(|c| {
             Box::pin(async move {
                 let context = |e| pg_error("claiming calendar writes", e);
-                let now = format_utc(now);
                 let tx = c.client.transaction().await.map_err(begin_error)?;
                 // The oldest pending row of each reservation stands for all of them. SKIP LOCKED
                 // passes over rows another replica is claiming; a row claimed and committed
@@ -461,15 +460,15 @@ impl ReservationStore for PostgresStore {
                     .query(
                         "SELECT o.id FROM outbox o
                          WHERE o.state = 'pending'
-                           AND o.next_attempt_at <= $1::text::timestamptz
-                           AND (o.lease_until IS NULL OR o.lease_until <= $1::text::timestamptz)
+                           AND o.next_attempt_at <= $1::timestamptz
+                           AND (o.lease_until IS NULL OR o.lease_until <= $1::timestamptz)
                            AND o.id = (SELECT min(p.id) FROM outbox p
                                        WHERE p.reservation_id = o.reservation_id
                                          AND p.state = 'pending')
                            AND NOT EXISTS (SELECT 1 FROM outbox l
                                            WHERE l.reservation_id = o.reservation_id
                                              AND l.state = 'pending'
-                                             AND l.lease_until > $1::text::timestamptz)
+                                             AND l.lease_until > $1::timestamptz)
                          ORDER BY o.id LIMIT $2
                          FOR UPDATE OF o SKIP LOCKED",
                         &[&now, &limit],
@@ -484,10 +483,10 @@ impl ReservationStore for PostgresStore {
                     return Ok(Vec::new());
                 }
                 tx.execute(
-                    "UPDATE outbox SET lease_owner = $2, lease_until = $3::text::timestamptz,
-                         updated_at = $4::text::timestamptz
+                    "UPDATE outbox SET lease_owner = $2, lease_until = $3::timestamptz,
+                         updated_at = $4::timestamptz
                      WHERE id = ANY($1::int8[])",
-                    &[&ids, &lease.owner, &format_utc(lease.until), &now],
+                    &[&ids, &lease.owner, &lease.until, &now],
                 )
                 .await
                 .map_err(context)?;
@@ -536,10 +535,10 @@ impl ReservationStore for PostgresStore {
                 };
                 tx.execute(
                     "UPDATE outbox SET state = 'done', lease_owner = NULL, lease_until = NULL,
-                         updated_at = $3::text::timestamptz
+                         updated_at = $3::timestamptz
                      WHERE reservation_id = $1 AND state IN ('pending', 'failed')
                        AND version <= $2",
-                    &[&reservation_id, &written_version, &format_utc(now)],
+                    &[&reservation_id, &written_version, &now],
                 )
                 .await
                 .map_err(context)?;
@@ -586,18 +585,18 @@ impl ReservationStore for PostgresStore {
                 let reservation_id: String = column(&row, 0)?;
                 // The reservation row first, as every other writer locks it first.
                 let current = load_reservation(&tx, &reservation_id, true).await?;
-                let now_text = format_utc(now);
+                let now_text = now;
                 let changed = tx
                     .execute(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
-                             next_attempt_at = $3::text::timestamptz, state = $4,
+                             next_attempt_at = $3::timestamptz, state = $4,
                              lease_owner = NULL, lease_until = NULL,
-                             updated_at = $5::text::timestamptz
+                             updated_at = $5::timestamptz
                          WHERE id = $1 AND state = 'pending'",
                         &[
                             &row_id,
                             &truncate(&retry.error),
-                            &format_utc(retry.next_attempt_at),
+                            &retry.next_attempt_at,
                             &if retry.failed { "failed" } else { "pending" },
                             &now_text,
                         ],
@@ -638,9 +637,9 @@ impl ReservationStore for PostgresStore {
                 c.client
                     .execute(
                         "UPDATE outbox SET create_outcome_unknown = true,
-                             updated_at = $2::text::timestamptz
+                             updated_at = $2::timestamptz
                          WHERE reservation_id = $1 AND state <> 'done'",
-                        &[&reservation_id, &format_utc(now)],
+                        &[&reservation_id, &now],
                     )
                     .await
                     .map(|changed| changed > 0)
