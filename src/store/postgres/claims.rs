@@ -12,7 +12,7 @@ use super::mailboxes::{begin_error, commit_error};
 use super::{column, pg_error, stored_event, PostgresStore, EVENT_SELECT};
 use crate::store::claims::{ClaimedEvents, EventClaims};
 use crate::store::mailboxes::{truncate, Lease};
-use crate::store::{StoreError, StoredEvent};
+use crate::store::{EventState, StoreError, StoredEvent};
 
 /// Subscriptions whose oldest pending event is due and none of whose pending events is claimed,
 /// oldest waiting first; `$1` now, `$2` limit, `$3` optional subscription ids to keep to.
@@ -268,25 +268,8 @@ impl EventClaims for PostgresStore {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_aux(|c| {
-            Box::pin(async move {
-                c.client
-                    .query(
-                        &format!(
-                            "{EVENT_SELECT} WHERE state = 'pending'
-                                 AND ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2"
-                        ),
-                        &[&after, &limit],
-                    )
-                    .await
-                    .map_err(|e| pg_error("listing pending events", e))?
-                    .iter()
-                    .map(stored_event)
-                    .collect()
-            })
-        })
-        .await
+        self.events_in_state(EventState::Pending, after, limit, "listing pending events")
+            .await
     }
 
     async fn dead_events(
@@ -294,25 +277,8 @@ impl EventClaims for PostgresStore {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.with_aux(|c| {
-            Box::pin(async move {
-                c.client
-                    .query(
-                        &format!(
-                            "{EVENT_SELECT} WHERE state = 'failed'
-                                 AND ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2"
-                        ),
-                        &[&after, &limit],
-                    )
-                    .await
-                    .map_err(|e| pg_error("listing dead letters", e))?
-                    .iter()
-                    .map(stored_event)
-                    .collect()
-            })
-        })
-        .await
+        self.events_in_state(EventState::Failed, after, limit, "listing dead letters")
+            .await
     }
 
     async fn replay_event(&self, id: i64) -> Result<bool, StoreError> {
@@ -329,6 +295,36 @@ impl EventClaims for PostgresStore {
                     .await
                     .map(|changed| changed > 0)
                     .map_err(|e| pg_error("replaying a dead letter", e))
+            })
+        })
+        .await
+    }
+}
+
+impl PostgresStore {
+    /// A page of the events in `state`, by id. The state is written into the SQL (it is one of
+    /// the enum's own words) so that the planner can use the partial indexes on it.
+    async fn events_in_state(
+        &self,
+        state: EventState,
+        after: Option<i64>,
+        limit: usize,
+        context: &'static str,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "{EVENT_SELECT} WHERE state = '{}' AND ($1::int8 IS NULL OR id > $1) ORDER BY id LIMIT $2",
+            state.as_str()
+        );
+        self.with_aux(|c| {
+            Box::pin(async move {
+                c.client
+                    .query(&sql, &[&after, &limit])
+                    .await
+                    .map_err(|e| pg_error(context, e))?
+                    .iter()
+                    .map(stored_event)
+                    .collect()
             })
         })
         .await

@@ -10,7 +10,7 @@ use super::{event_columns, sqlite_error, stored_event, SqliteStore, EVENT_COLUMN
 use crate::store::claims::{ClaimedEvents, EventClaims};
 use crate::store::mailboxes::{truncate, Lease};
 use crate::store::timefmt::format_utc;
-use crate::store::{StoreError, StoredEvent};
+use crate::store::{EventState, StoreError, StoredEvent};
 
 /// Releases `owner`'s claims on a subscription's pending events.
 const RELEASE_SUBSCRIPTION: &str = "UPDATE notification_events
@@ -249,23 +249,7 @@ impl EventClaims for SqliteStore {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.reader
-            .call(move |connection| {
-                let context = |e| sqlite_error("listing pending events", e);
-                let rows = connection
-                    .prepare_cached(&format!(
-                        "SELECT {EVENT_COLUMNS} FROM notification_events
-                         WHERE state = 'pending' AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
-                    ))
-                    .and_then(|mut statement| {
-                        statement
-                            .query_map(params![after, limit], event_columns)?
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .map_err(context)?;
-                rows.into_iter().map(stored_event).collect()
-            })
+        self.events_in_state(EventState::Pending, after, limit, "listing pending events")
             .await
     }
 
@@ -274,23 +258,7 @@ impl EventClaims for SqliteStore {
         after: Option<i64>,
         limit: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.reader
-            .call(move |connection| {
-                let context = |e| sqlite_error("listing dead letters", e);
-                let rows = connection
-                    .prepare_cached(&format!(
-                        "SELECT {EVENT_COLUMNS} FROM notification_events
-                         WHERE state = 'failed' AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2"
-                    ))
-                    .and_then(|mut statement| {
-                        statement
-                            .query_map(params![after, limit], event_columns)?
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .map_err(context)?;
-                rows.into_iter().map(stored_event).collect()
-            })
+        self.events_in_state(EventState::Failed, after, limit, "listing dead letters")
             .await
     }
 
@@ -307,6 +275,38 @@ impl EventClaims for SqliteStore {
                     )
                     .map(|changed| changed > 0)
                     .map_err(|e| sqlite_error("replaying a dead letter", e))
+            })
+            .await
+    }
+}
+
+impl SqliteStore {
+    /// A page of the events in `state`, by id. The state is written into the SQL (it is one of
+    /// the enum's own words) so that SQLite can use the partial indexes on it.
+    async fn events_in_state(
+        &self,
+        state: EventState,
+        after: Option<i64>,
+        limit: usize,
+        context: &'static str,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {EVENT_COLUMNS} FROM notification_events
+             WHERE state = '{}' AND (?1 IS NULL OR id > ?1) ORDER BY id LIMIT ?2",
+            state.as_str()
+        );
+        self.reader
+            .call(move |connection| {
+                let rows = connection
+                    .prepare_cached(&sql)
+                    .and_then(|mut statement| {
+                        statement
+                            .query_map(params![after, limit], event_columns)?
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .map_err(|e| sqlite_error(context, e))?;
+                rows.into_iter().map(stored_event).collect()
             })
             .await
     }
