@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 
 use super::mailboxes::{begin_error, commit_error};
 use super::{column, pg_error, stored_event, PostgresStore, EVENT_SELECT};
@@ -196,32 +197,19 @@ impl EventClaims for PostgresStore {
         error: &str,
         next_attempt_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let (owner, error) = (owner.to_string(), truncate(error));
-        self.with_aux(|c| {
-            Box::pin(async move {
-                let context = |e| pg_error("recording a failed event", e);
-                let tx = c.client.transaction().await.map_err(begin_error)?;
-                let Some(row) = tx
-                    .query_opt(
-                        "UPDATE notification_events SET attempts = attempts + 1, last_error = $2,
-                             next_attempt_at = $3::timestamptz
-                         WHERE id = $1 AND state = 'pending'
-                         RETURNING subscription_id",
-                        &[&id, &error, &next_attempt_at],
-                    )
-                    .await
-                    .map_err(context)?
-                else {
-                    return Ok(false);
-                };
-                let subscription_id: String = column(&row, 0)?;
-                tx.execute(RELEASE_SUBSCRIPTION, &[&subscription_id, &owner])
-                    .await
-                    .map_err(context)?;
-                tx.commit().await.map_err(commit_error)?;
-                Ok(true)
-            })
-        })
+        self.settle_and_release(
+            "recording a failed event",
+            "UPDATE notification_events SET attempts = attempts + 1, last_error = $2,
+                 next_attempt_at = $3::timestamptz
+             WHERE id = $1 AND state = 'pending'
+             RETURNING subscription_id",
+            vec![
+                Box::new(id),
+                Box::new(truncate(error)),
+                Box::new(next_attempt_at),
+            ],
+            owner,
+        )
         .await
     }
 
@@ -232,34 +220,17 @@ impl EventClaims for PostgresStore {
         error: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let (owner, error) = (owner.to_string(), truncate(error));
-        self.with_aux(|c| {
-            Box::pin(async move {
-                let context = |e| pg_error("parking a dead letter", e);
-                let tx = c.client.transaction().await.map_err(begin_error)?;
-                let Some(row) = tx
-                    .query_opt(
-                        "UPDATE notification_events SET state = 'failed',
-                             processed_at = $2::timestamptz, attempts = attempts + 1,
-                             last_error = $3, next_attempt_at = NULL,
-                             claimed_by = NULL, claimed_until = NULL
-                         WHERE id = $1 AND state = 'pending'
-                         RETURNING subscription_id",
-                        &[&id, &now, &error],
-                    )
-                    .await
-                    .map_err(context)?
-                else {
-                    return Ok(false);
-                };
-                let subscription_id: String = column(&row, 0)?;
-                tx.execute(RELEASE_SUBSCRIPTION, &[&subscription_id, &owner])
-                    .await
-                    .map_err(context)?;
-                tx.commit().await.map_err(commit_error)?;
-                Ok(true)
-            })
-        })
+        self.settle_and_release(
+            "parking a dead letter",
+            "UPDATE notification_events SET state = 'failed',
+                 processed_at = $2::timestamptz, attempts = attempts + 1,
+                 last_error = $3, next_attempt_at = NULL,
+                 claimed_by = NULL, claimed_until = NULL
+             WHERE id = $1 AND state = 'pending'
+             RETURNING subscription_id",
+            vec![Box::new(id), Box::new(now), Box::new(truncate(error))],
+            owner,
+        )
         .await
     }
 
@@ -302,6 +273,39 @@ impl EventClaims for PostgresStore {
 }
 
 impl PostgresStore {
+    /// Runs `update` (on a pending event, `RETURNING subscription_id`) and, when it changed the
+    /// event, releases `owner`'s claims on that subscription, in one transaction. Whether the
+    /// event was still pending.
+    async fn settle_and_release(
+        &self,
+        context: &'static str,
+        update: &'static str,
+        parameters: Vec<Box<dyn ToSql + Send + Sync>>,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.with_aux(|c| {
+            Box::pin(async move {
+                let context = |e| pg_error(context, e);
+                let parameters: Vec<&(dyn ToSql + Sync)> = parameters
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+                    .collect();
+                let tx = c.client.transaction().await.map_err(begin_error)?;
+                let Some(row) = tx.query_opt(update, &parameters).await.map_err(context)? else {
+                    return Ok(false);
+                };
+                let subscription_id: String = column(&row, 0)?;
+                tx.execute(RELEASE_SUBSCRIPTION, &[&subscription_id, &owner])
+                    .await
+                    .map_err(context)?;
+                tx.commit().await.map_err(commit_error)?;
+                Ok(true)
+            })
+        })
+        .await
+    }
+
     /// A page of the events in `state`, by id. The state is written into the SQL (it is one of
     /// the enum's own words) so that the planner can use the partial indexes on it.
     async fn events_in_state(

@@ -172,36 +172,16 @@ impl EventClaims for SqliteStore {
         error: &str,
         next_attempt_at: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let (owner, error) = (owner.to_string(), truncate(error));
-        self.writer
-            .call(move |connection| {
-                in_transaction(connection, "recording a failed event", |tx| {
-                    let context = |e| sqlite_error("recording a failed event", e);
-                    let subscription_id: Option<String> = tx
-                        .query_row(
-                            "SELECT subscription_id FROM notification_events
-                             WHERE id = ?1 AND state = 'pending'",
-                            [id],
-                            |row| row.get(0),
-                        )
-                        .optional()
-                        .map_err(context)?;
-                    let Some(subscription_id) = subscription_id else {
-                        return Ok(false);
-                    };
-                    tx.execute(
-                        "UPDATE notification_events SET attempts = attempts + 1, last_error = ?2,
-                             next_attempt_at = ?3
-                         WHERE id = ?1",
-                        params![id, error, format_utc(next_attempt_at)],
-                    )
-                    .map_err(context)?;
-                    tx.execute(RELEASE_SUBSCRIPTION, params![subscription_id, owner])
-                        .map_err(context)?;
-                    Ok(true)
-                })
-            })
-            .await
+        self.settle_and_release(
+            "recording a failed event",
+            id,
+            "UPDATE notification_events SET attempts = attempts + 1, last_error = ?2,
+                 next_attempt_at = ?3
+             WHERE id = ?1",
+            (id, truncate(error), format_utc(next_attempt_at)),
+            owner,
+        )
+        .await
     }
 
     async fn dead_letter(
@@ -211,37 +191,17 @@ impl EventClaims for SqliteStore {
         error: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let (owner, error) = (owner.to_string(), truncate(error));
-        self.writer
-            .call(move |connection| {
-                in_transaction(connection, "parking a dead letter", |tx| {
-                    let context = |e| sqlite_error("parking a dead letter", e);
-                    let subscription_id: Option<String> = tx
-                        .query_row(
-                            "SELECT subscription_id FROM notification_events
-                             WHERE id = ?1 AND state = 'pending'",
-                            [id],
-                            |row| row.get(0),
-                        )
-                        .optional()
-                        .map_err(context)?;
-                    let Some(subscription_id) = subscription_id else {
-                        return Ok(false);
-                    };
-                    tx.execute(
-                        "UPDATE notification_events SET state = 'failed', processed_at = ?2,
-                             attempts = attempts + 1, last_error = ?3, next_attempt_at = NULL,
-                             claimed_by = NULL, claimed_until = NULL
-                         WHERE id = ?1",
-                        params![id, format_utc(now), error],
-                    )
-                    .map_err(context)?;
-                    tx.execute(RELEASE_SUBSCRIPTION, params![subscription_id, owner])
-                        .map_err(context)?;
-                    Ok(true)
-                })
-            })
-            .await
+        self.settle_and_release(
+            "parking a dead letter",
+            id,
+            "UPDATE notification_events SET state = 'failed', processed_at = ?2,
+                 attempts = attempts + 1, last_error = ?3, next_attempt_at = NULL,
+                 claimed_by = NULL, claimed_until = NULL
+             WHERE id = ?1",
+            (id, format_utc(now), truncate(error)),
+            owner,
+        )
+        .await
     }
 
     async fn pending_events(
@@ -281,6 +241,43 @@ impl EventClaims for SqliteStore {
 }
 
 impl SqliteStore {
+    /// When event `id` is still pending: runs `update` on it (`parameters` start with the id)
+    /// and releases `owner`'s claims on its subscription, in one transaction. Whether it was
+    /// pending.
+    async fn settle_and_release(
+        &self,
+        context: &'static str,
+        id: i64,
+        update: &'static str,
+        parameters: impl rusqlite::Params + Send + 'static,
+        owner: &str,
+    ) -> Result<bool, StoreError> {
+        let owner = owner.to_string();
+        self.writer
+            .call(move |connection| {
+                in_transaction(connection, context, |tx| {
+                    let context = |e| sqlite_error(context, e);
+                    let subscription_id: Option<String> = tx
+                        .query_row(
+                            "SELECT subscription_id FROM notification_events
+                             WHERE id = ?1 AND state = 'pending'",
+                            [id],
+                            |row| row.get(0),
+                        )
+                        .optional()
+                        .map_err(context)?;
+                    let Some(subscription_id) = subscription_id else {
+                        return Ok(false);
+                    };
+                    tx.execute(update, parameters).map_err(context)?;
+                    tx.execute(RELEASE_SUBSCRIPTION, params![subscription_id, owner])
+                        .map_err(context)?;
+                    Ok(true)
+                })
+            })
+            .await
+    }
+
     /// A page of the events in `state`, by id. The state is written into the SQL (it is one of
     /// the enum's own words) so that SQLite can use the partial indexes on it.
     async fn events_in_state(
