@@ -106,6 +106,8 @@ conformance!(
     concurrent_group_commits_store_everything_once,
     two_stores_on_one_database_store_each_event_once,
     reopen_keeps_data,
+    a_database_of_an_older_pushgate_is_migrated_and_keeps_its_rows,
+    a_database_of_a_newer_pushgate_is_refused,
     mailbox_sync_on_and_off,
     mailboxes_list_in_pages,
     subscribe_lifecycle_replaces_the_old_subscription,
@@ -753,6 +755,95 @@ async fn reopen_keeps_data(db: &Db) {
     let reopened = db.open().await;
     assert_eq!(reopened.events(None).await.unwrap().len(), 1);
     assert!(reopened.subscription("S-keep").await.unwrap().is_some());
+}
+
+/// A database left at schema version 1 by an older pushgate, with an event and its
+/// subscription in it (timestamps as that version stored them), is migrated on open and keeps
+/// its rows: the event reads back with its instant, and the chain goes on from its watermark.
+async fn a_database_of_an_older_pushgate_is_migrated_and_keeps_its_rows(db: &Db) {
+    let rows = "INSERT INTO subscriptions (subscription_id, tenant, last_watermark,
+                    last_notification_at, state, updated_at)
+                VALUES ('S-old', 'default', 'W-old', '2026-11-20T07:15:02.123456Z', 'active',
+                    '2026-11-20T07:15:02.123456Z');
+                INSERT INTO notification_events (tenant, subscription_id, watermark, dedupe_key,
+                    position, kind, received_at)
+                VALUES ('default', 'S-old', 'W-old', 'W-old', 0, 'created',
+                    '2026-11-20T07:15:02.123456Z');";
+    db.raw(
+        &format!(
+            "CREATE TABLE pushgate_schema_migrations (
+                 version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL);
+             {}
+             INSERT INTO pushgate_schema_migrations VALUES (1, 'events', '2026-11-20T07:00:00.000000Z');
+             {rows}",
+            include_str!("../migrations/sqlite/0001_events.sql")
+        ),
+        &format!(
+            "CREATE TABLE pushgate_schema_migrations (
+                 version BIGINT PRIMARY KEY, name TEXT NOT NULL,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             {}
+             INSERT INTO pushgate_schema_migrations (version, name) VALUES (1, 'events');
+             {rows}",
+            include_str!("../migrations/postgres/0001_events.sql")
+        ),
+    )
+    .await;
+    let store = db.open().await;
+    let old = store.events(Some("S-old")).await.unwrap();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(old[0].watermark.as_deref(), Some("W-old"));
+    assert_eq!(old[0].kind, EventKind::Created);
+    assert_eq!(
+        old[0].received_at,
+        time::macros::datetime!(2026-11-20 07:15:02.123456 UTC)
+    );
+    let subscription = store.subscription("S-old").await.unwrap().unwrap();
+    assert_eq!(
+        subscription.last_notification_at,
+        Some(time::macros::datetime!(2026-11-20 07:15:02.123456 UTC))
+    );
+    // The next notification continues the stored chain: no gap, nothing flagged.
+    let next = store
+        .commit(
+            &[request(notification(
+                "S-old",
+                Some("W-old"),
+                vec![event(EventKind::Modified, Some("W-new"))],
+            ))],
+            Accept,
+        )
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(next.result, IngestResult::Stored);
+    assert!(next.flagged.is_empty(), "{:?}", next.flagged);
+    assert_eq!(store.events(Some("S-old")).await.unwrap().len(), 2);
+    // The later migrations' tables are there and work.
+    store
+        .put_mailbox(&put("room@contoso.com", true), OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+}
+
+/// A database whose schema is newer than this pushgate knows is not touched.
+async fn a_database_of_a_newer_pushgate_is_refused(db: &Db) {
+    drop(db.open().await);
+    db.raw(
+        "INSERT INTO pushgate_schema_migrations VALUES (99, 'future', '2030-01-01T00:00:00.000000Z')",
+        "INSERT INTO pushgate_schema_migrations (version, name) VALUES (99, 'future')",
+    )
+    .await;
+    match store::open(db.url()).await {
+        Err(StoreError::Migration {
+            version, detail, ..
+        }) => {
+            assert_eq!(version, 99);
+            assert!(detail.contains("newer pushgate"), "{detail}");
+        }
+        Err(other) => panic!("expected a migration refusal, got {other}"),
+        Ok(_) => panic!("a database from a newer pushgate was opened"),
+    }
 }
 
 #[tokio::test]
