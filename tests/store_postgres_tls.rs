@@ -340,3 +340,30 @@ fn the_mailbox_command_reaches_the_database_over_verify_full() {
     assert!(stderr.contains("does not verify"), "{stderr}");
     assert!(!stderr.contains(PASSWORD), "{stderr}");
 }
+
+#[test]
+fn a_server_that_never_answers_the_tls_request_is_given_up_on_within_connect_timeout() {
+    runtime().block_on(async {
+        // Accepts connections and reads, but never says a word.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let url = format!(
+            "postgres://postgres:{PASSWORD}@127.0.0.1:{port}/postgres?sslmode=require&connect_timeout=1"
+        );
+        // A liveness guard, far above connect_timeout: without the bound the open waits forever.
+        let error = tokio::time::timeout(Duration::from_secs(30), open_error(&url))
+            .await
+            .expect("store::open still waiting after 30 s: connect_timeout does not bound it");
+        assert!(
+            error.contains("did not complete the connection") && error.contains("connect_timeout"),
+            "{error}"
+        );
+        silent.abort();
+    });
+}

@@ -33,6 +33,10 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::pg_error;
 use crate::store::StoreError;
 
+/// The bound on one connection attempt when `database_url` sets no `connect_timeout` (the store
+/// sets its own default before connecting).
+const FALLBACK_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// libpq's `sslmode` values that pushgate supports (`allow`, which tries without TLS first, is
 /// refused).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -268,13 +272,29 @@ impl PgTarget {
         &mut self.config
     }
 
-    /// Opens a connection and drives it on a task of its own.
+    /// Opens a connection and drives it on a task of its own. `connect_timeout` bounds the
+    /// whole attempt per host, as in libpq (the driver bounds only the TCP connect): a server
+    /// that accepts and then says nothing, to the TLS request or the login, cannot hold a
+    /// start or a reconnect forever.
     pub async fn connect(&self) -> Result<Client, StoreError> {
-        let (client, connection) = self
+        let per_host = self
             .config
-            .connect(self.tls.clone())
-            .await
-            .map_err(|e| self.connect_error(e))?;
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(FALLBACK_CONNECT_TIMEOUT);
+        let hosts = u32::try_from(self.config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
+        let limit = per_host.saturating_mul(hosts);
+        let (client, connection) =
+            match tokio::time::timeout(limit, self.config.connect(self.tls.clone())).await {
+                Ok(connected) => connected.map_err(|e| self.connect_error(e))?,
+                Err(_) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "PostgreSQL at {} did not complete the connection (TLS handshake, \
+                         login) within {limit:?} (connect_timeout)",
+                        self.servers()
+                    )))
+                }
+            };
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::warn!(%error, "PostgreSQL connection ended");
