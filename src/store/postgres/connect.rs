@@ -427,14 +427,26 @@ fn client_config(verification: &Verification) -> Result<rustls::ClientConfig, St
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| config(format!("TLS: {e}")))?;
-    let verifier: Arc<dyn ServerCertVerifier> = match verification {
-        Verification::None => Arc::new(EncryptOnly(provider)),
-        Verification::Chain(roots) => Arc::new(ChainOnly(webpki_verifier(roots, provider)?)),
-        Verification::Full(roots) => webpki_verifier(roots, provider)?,
+    let verifier = match verification {
+        Verification::None => PolicyVerifier {
+            webpki: None,
+            check_name: false,
+            provider,
+        },
+        Verification::Chain(roots) => PolicyVerifier {
+            webpki: Some(webpki_verifier(roots, provider.clone())?),
+            check_name: false,
+            provider,
+        },
+        Verification::Full(roots) => PolicyVerifier {
+            webpki: Some(webpki_verifier(roots, provider.clone())?),
+            check_name: true,
+            provider,
+        },
     };
     let mut config = builder
         .dangerous()
-        .with_custom_certificate_verifier(verifier)
+        .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     // What libpq 17 sends; servers before 17 ignore it, 17 and later check it when present.
     config.alpn_protocols = vec![b"postgresql".to_vec()];
@@ -491,12 +503,19 @@ fn read_pem_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, St
     Ok(certs)
 }
 
-/// `verify-ca`: the chain must verify; a host name that is not in the certificate is accepted.
-/// rustls's verifier checks the chain before the name, so a name error means the chain passed.
+/// What `prefer`/`require` (nothing), `verify-ca` (the chain) and `verify-full` (the chain and
+/// the name) check of the server's certificate. The handshake's signatures are always checked.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct PolicyVerifier {
+    /// rustls's own chain-and-name check; `None`: the certificate is not checked (libpq's
+    /// `prefer` and `require` without a CA file).
+    webpki: Option<Arc<WebPkiServerVerifier>>,
+    /// Whether a certificate that does not name the host is refused (`verify-full`).
+    check_name: bool,
+    provider: Arc<CryptoProvider>,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for PolicyVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -505,55 +524,17 @@ impl ServerCertVerifier for ChainOnly {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self
-            .0
-            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        let Some(webpki) = &self.webpki else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
         {
+            // rustls checks the chain before the name: a name error means the chain passed.
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
+            )) if !self.check_name => Ok(ServerCertVerified::assertion()),
             other => other,
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// `prefer` and `require` without a CA file, as libpq: encrypted, the certificate not checked
-/// (the handshake's signatures still are).
-#[derive(Debug)]
-struct EncryptOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -566,7 +547,7 @@ impl ServerCertVerifier for EncryptOnly {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
@@ -580,12 +561,14 @@ impl ServerCertVerifier for EncryptOnly {
             message,
             cert,
             dss,
-            &self.0.signature_verification_algorithms,
+            &self.provider.signature_verification_algorithms,
         )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
