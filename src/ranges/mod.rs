@@ -3,6 +3,7 @@
 //! write, and `ranges check`. Uses `allowlist` for the file format and set arithmetic.
 
 mod command;
+pub mod monitor;
 pub mod feed;
 pub mod fetch;
 pub mod select;
