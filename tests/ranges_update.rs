@@ -556,7 +556,10 @@ fn runs_are_recorded_for_monitoring() {
     site.refused(&before, 2, &[]);
     let (_, status) = parse_run(site.state("last-run"));
     assert_eq!(status, 2);
-    assert_eq!(site.state("last-success").as_deref(), Some(success.as_str()));
+    assert_eq!(
+        site.state("last-success").as_deref(),
+        Some(success.as_str())
+    );
 
     // Already current is a success too, though nothing else is written.
     site.feed.version(VERSION_1);
@@ -569,7 +572,10 @@ fn runs_are_recorded_for_monitoring() {
         site.state("last-success").map(|s| s.trim().to_string()),
         Some(at.to_string())
     );
-    assert_ne!(site.state("last-success").as_deref(), Some(success.as_str()));
+    assert_ne!(
+        site.state("last-success").as_deref(),
+        Some(success.as_str())
+    );
 }
 
 #[test]

@@ -45,8 +45,11 @@ pub const CONNECTION_REJECT_REASONS: [&str; 3] = [
 ];
 /// Every reason of `pushgate_gateway_requests_total{outcome="upstream_error"}`
 /// (see `proxy::classify_failure`).
-pub const UPSTREAM_ERROR_REASONS: [&str; 3] =
-    ["upstream_unreachable", "upstream_timeout", "upstream_failed"];
+pub const UPSTREAM_ERROR_REASONS: [&str; 3] = [
+    "upstream_unreachable",
+    "upstream_timeout",
+    "upstream_failed",
+];
 
 fn latency_buckets() -> Vec<f64> {
     vec![
@@ -199,16 +202,21 @@ mod tests {
             .iter()
             .map(|r| format!("pushgate_gateway_tls_reloads_total{{result=\"{r}\"}} 0"))
             .collect();
-        expected.extend(CONNECTION_REJECT_REASONS.iter().map(|r| {
-            format!("pushgate_gateway_connections_rejected_total{{reason=\"{r}\"}} 0")
-        }));
+        expected.extend(
+            CONNECTION_REJECT_REASONS.iter().map(|r| {
+                format!("pushgate_gateway_connections_rejected_total{{reason=\"{r}\"}} 0")
+            }),
+        );
         expected.extend(UPSTREAM_ERROR_REASONS.iter().map(|r| {
             format!(
                 "pushgate_gateway_requests_total{{outcome=\"upstream_error\",reason=\"{r}\"}} 0"
             )
         }));
         for line in expected {
-            assert!(text.lines().any(|l| l == line), "{line} missing in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
         }
     }
 }

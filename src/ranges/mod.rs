@@ -3,9 +3,9 @@
 //! write, and `ranges check`. Uses `allowlist` for the file format and set arithmetic.
 
 mod command;
-pub mod monitor;
 pub mod feed;
 pub mod fetch;
+pub mod monitor;
 pub mod select;
 pub mod state;
 pub mod write;

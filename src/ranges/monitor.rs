@@ -69,7 +69,10 @@ mod tests {
             -1.0
         );
         assert_eq!(
-            value(&registry, "pushgate_ranges_update_last_success_timestamp_seconds"),
+            value(
+                &registry,
+                "pushgate_ranges_update_last_success_timestamp_seconds"
+            ),
             0.0
         );
         metrics.set(&RunRecord {
@@ -77,7 +80,10 @@ mod tests {
             last_success: Some(1_700_000_000),
         });
         assert_eq!(
-            value(&registry, "pushgate_ranges_update_last_run_timestamp_seconds"),
+            value(
+                &registry,
+                "pushgate_ranges_update_last_run_timestamp_seconds"
+            ),
             1_700_003_600.0
         );
         assert_eq!(
@@ -85,7 +91,10 @@ mod tests {
             2.0
         );
         assert_eq!(
-            value(&registry, "pushgate_ranges_update_last_success_timestamp_seconds"),
+            value(
+                &registry,
+                "pushgate_ranges_update_last_success_timestamp_seconds"
+            ),
             1_700_000_000.0
         );
     }
