@@ -102,6 +102,27 @@ fn the_name_scanner_finds_names_and_only_names() {
     assert!(!groups[1].1.contains("pushgate_x"));
 }
 
+/// The operator reads what an alert means and what to do in the README's alert table.
+#[test]
+fn every_alert_has_its_row_in_the_readme() {
+    let rules = read(RULES);
+    let readme = read("README.md");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .map(str::trim)
+        .collect();
+    assert!(alerts.len() >= 10, "{alerts:?}");
+    let missing: Vec<&&str> = alerts
+        .iter()
+        .filter(|alert| !readme.contains(&format!("\n| `{alert}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "alerts without a README row: {missing:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_kit_names_is_exposed_by_its_part() {
     let rules = read(RULES);
