@@ -231,14 +231,15 @@ pub async fn start_with_subscriber(
                 SubscriptionMetrics::new(metrics.registry())
                     .context("registering subscription metrics")?,
             );
+            let status_frequency =
+                Duration::from_secs(60 * u64::from(config.subscriptions.status_frequency));
+            subscription_metrics.set_status_frequency(status_frequency);
             Some(SubscriptionManager::new(
                 store.clone(),
                 subscriber,
                 ManagerOptions {
                     timing: Timing {
-                        status_frequency: Duration::from_secs(
-                            60 * u64::from(config.subscriptions.status_frequency),
-                        ),
+                        status_frequency,
                         clock,
                         started_at: time::OffsetDateTime::now_utc(),
                     },
