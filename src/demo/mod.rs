@@ -61,6 +61,24 @@ struct Writes {
 }
 
 impl Writes {
+    const NONE: Writes = Writes {
+        create: 0,
+        update: 0,
+        delete: 0,
+    };
+    const CREATE: Writes = Writes {
+        create: 1,
+        ..Writes::NONE
+    };
+    const UPDATE: Writes = Writes {
+        update: 1,
+        ..Writes::NONE
+    };
+    const DELETE: Writes = Writes {
+        delete: 1,
+        ..Writes::NONE
+    };
+
     fn total(self) -> u64 {
         self.create + self.update + self.delete
     }
@@ -134,6 +152,19 @@ impl Report {
     fn writes(&mut self, cause: impl Into<String>, writes: Writes) {
         self.writes.push((cause.into(), writes));
     }
+
+    /// Records `writes` under `cause`, and checks `what`: it `held`, with exactly `expected`.
+    fn check_writes(
+        &mut self,
+        cause: &str,
+        what: &str,
+        held: bool,
+        writes: Writes,
+        expected: Writes,
+    ) -> bool {
+        self.writes(cause, writes);
+        self.check(what, held && writes == expected, format!("({writes})"))
+    }
 }
 
 /// Everything one demo run started, and the files it wrote.
@@ -196,6 +227,16 @@ impl Demo {
             update: counts.operation("UpdateItem"),
             delete: counts.operation("DeleteItem"),
         }
+    }
+
+    /// Waits until no event and no calendar write is waiting; false when that did not happen.
+    async fn quiet(&self) -> anyhow::Result<bool> {
+        let quiet = wait_for(|| async {
+            let backlog = self.store.sync_backlog().await?;
+            Ok((backlog.events_pending == 0 && backlog.outbox_pending == 0).then_some(()))
+        })
+        .await?;
+        Ok(quiet.is_some())
     }
 
     async fn start_worker(&mut self) -> anyhow::Result<()> {

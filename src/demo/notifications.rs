@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use super::{wait_for, Demo, Report, EXCHANGE, PATH, STRANGER};
+use super::{wait_for, Demo, Report, Writes, EXCHANGE, PATH, STRANGER};
 use crate::exchange_sim::client::{self, notification_request};
 use crate::exchange_sim::ItemSpec;
 use crate::notification::{self, EventKind, Limits, SubscriptionStatus};
@@ -139,26 +139,8 @@ pub(super) async fn busy_mailbox(demo: &Demo, report: &mut Report) -> anyhow::Re
         "\n5. A busy room: {BURST} items made in Outlook in {room} at once (none of them a reservation's)"
     ));
     let before = demo.writes();
-    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::days(1);
-    let mut made = HashSet::new();
-    for n in 0..BURST {
-        let item = demo.sim.create_item(
-            &room,
-            ItemSpec {
-                subject: format!("Private appointment {n}"),
-                start,
-                end: start + time::Duration::minutes(30),
-                location: None,
-                reservation_id: None,
-            },
-        )?;
-        made.insert(item.id);
-    }
-    let stored = wait_for(|| async {
-        let ids = created_items(demo).await?;
-        Ok(made.iter().all(|id| ids.contains(id)).then_some(()))
-    })
-    .await?;
+    let made = private_items(demo, &room, BURST, "Private appointment", 1)?;
+    let stored = wait_all_created(demo, &made).await?;
     let created = demo
         .store
         .events(None)
@@ -176,17 +158,13 @@ pub(super) async fn busy_mailbox(demo: &Demo, report: &mut Report) -> anyhow::Re
     let largest = deliveries.iter().map(|d| d.events).max().unwrap_or(0);
     report.check(
         format!("{BURST} Created events stored once each, in notifications of at most 50 events"),
-        stored.is_some() && created == BURST && largest <= 50,
+        stored && created == BURST && largest <= 50,
         format!(
             "({created} stored, {} notifications, the largest {largest} events)",
             deliveries.len()
         ),
     );
-    let quiet = wait_for(|| async {
-        let backlog = demo.store.sync_backlog().await?;
-        Ok((backlog.events_pending == 0 && backlog.outbox_pending == 0).then_some(()))
-    })
-    .await?;
+    let quiet = demo.quiet().await?;
     let writes = demo.writes().since(before);
     report.writes(format!("{BURST} items that are not ours"), writes);
     let ignored = demo
@@ -194,10 +172,46 @@ pub(super) async fn busy_mailbox(demo: &Demo, report: &mut Report) -> anyhow::Re
         .await;
     report.check(
         "the sync step read them and left them alone: no reservation, no write",
-        quiet.is_some() && writes.total() == 0 && ignored >= BURST as f64,
+        quiet && writes.total() == 0 && ignored >= BURST as f64,
         format!("({ignored} events ignored, {writes})"),
     );
     Ok(())
+}
+
+/// `count` items made in Outlook in the room, `days` from now, none of them a reservation's.
+fn private_items(
+    demo: &Demo,
+    room: &str,
+    count: usize,
+    subject: &str,
+    days: i64,
+) -> anyhow::Result<HashSet<String>> {
+    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::days(days);
+    let mut made = HashSet::new();
+    for n in 0..count {
+        let item = demo.sim.create_item(
+            room,
+            ItemSpec {
+                subject: format!("{subject} {n}"),
+                start,
+                end: start + time::Duration::minutes(30),
+                location: None,
+                reservation_id: None,
+            },
+        )?;
+        made.insert(item.id);
+    }
+    Ok(made)
+}
+
+/// Waits until a Created event of every item in `made` is stored.
+async fn wait_all_created(demo: &Demo, made: &HashSet<String>) -> anyhow::Result<bool> {
+    let stored = wait_for(|| async {
+        let ids = created_items(demo).await?;
+        Ok(made.iter().all(|id| ids.contains(id)).then_some(()))
+    })
+    .await?;
+    Ok(stored.is_some())
 }
 
 /// Item ids of every stored Created event.
@@ -228,21 +242,7 @@ pub(super) async fn worker_outage(demo: &mut Demo, report: &mut Report) -> anyho
     let before = demo.writes();
     report.worker_before_restart = demo.worker_metrics().await;
     demo.stop_worker().await?;
-    let start = time::OffsetDateTime::now_utc().replace_nanosecond(0)? + time::Duration::days(2);
-    let mut made = HashSet::new();
-    for n in 0..OUTAGE_CHANGES {
-        let item = demo.sim.create_item(
-            &room,
-            ItemSpec {
-                subject: format!("Made during the outage {n}"),
-                start,
-                end: start + time::Duration::minutes(30),
-                location: None,
-                reservation_id: None,
-            },
-        )?;
-        made.insert(item.id);
-    }
+    let made = private_items(demo, &room, OUTAGE_CHANGES, "Made during the outage", 2)?;
     let failed = wait_for(|| async {
         Ok(demo
             .sim
@@ -253,11 +253,7 @@ pub(super) async fn worker_outage(demo: &mut Demo, report: &mut Report) -> anyho
     })
     .await?;
     demo.start_worker().await?;
-    let stored = wait_for(|| async {
-        let ids = created_items(demo).await?;
-        Ok(made.iter().all(|id| ids.contains(id)).then_some(()))
-    })
-    .await?;
+    let stored = wait_all_created(demo, &made).await?;
     let attempts: Vec<_> = demo
         .sim
         .deliveries()
@@ -283,20 +279,16 @@ pub(super) async fn worker_outage(demo: &mut Demo, report: &mut Report) -> anyho
     );
     report.check(
         "nothing lost",
-        stored.is_some(),
+        stored,
         format!("({OUTAGE_CHANGES} items made, every Created event stored)"),
     );
-    let quiet = wait_for(|| async {
-        let backlog = demo.store.sync_backlog().await?;
-        Ok((backlog.events_pending == 0 && backlog.outbox_pending == 0).then_some(()))
-    })
-    .await?;
-    let writes = demo.writes().since(before);
-    report.writes("items made during the outage (not ours)", writes);
-    report.check(
+    let quiet = demo.quiet().await?;
+    report.check_writes(
+        "items made during the outage (not ours)",
         "handled after the restart, no write",
-        quiet.is_some() && writes.total() == 0,
-        format!("({writes})"),
+        quiet,
+        demo.writes().since(before),
+        Writes::NONE,
     );
     Ok(())
 }

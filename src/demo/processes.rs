@@ -150,29 +150,23 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         e.kind == EventKind::Created && names(e, &item_id)
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let (after, item) = both(demo, &room, &id, &item_id).await?;
     side_by_side(report, "after", after.as_ref(), item.as_ref());
     let echo_writes = demo.writes().since(before).since(write);
-    report.writes("B web booking", write);
-    report.writes("B echo of the CreateItem", echo_writes);
-    report.check(
+    report.check_writes(
+        "B web booking",
         "B: one CreateItem",
-        write
-            == Writes {
-                create: 1,
-                ..Writes::default()
-            },
-        format!("({write})"),
+        true,
+        write,
+        Writes::CREATE,
     );
-    report.check(
+    report.check_writes(
+        "B echo of the CreateItem",
         "B: the echo (CreatedEvent) processed: no write, no change",
-        echo && quiet
-            && echo_writes.total() == 0
-            && after
-                .as_ref()
-                .is_some_and(|r| r.version == 1 && r.last_change == LastChange::Web),
-        format!("({echo_writes})"),
+        echo && quiet && shows(after.as_ref(), 1, LastChange::Web),
+        echo_writes,
+        Writes::NONE,
     );
     let b_ok = report.check(
         "B: item and reservation agree (subject, times, Location, reservation id)",
@@ -210,21 +204,17 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         r.item_id.as_deref() == Some(made.id.as_str())
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let (after, item) = both(demo, &addin_room, &addin_id, &made.id).await?;
     side_by_side(report, "after", after.as_ref(), item.as_ref());
     let writes = demo.writes().since(before);
-    report.writes("C add-in booking (Outlook writes the item)", writes);
-    report.check(
-        "C: the add-in's item linked to its reservation, synced, version 1",
-        linked.is_some()
-            && quiet
-            && after
-                .as_ref()
-                .is_some_and(|r| r.sync_state == SyncState::Synced && r.version == 1),
-        "",
+    report.check_writes(
+        "C add-in booking (Outlook writes the item)",
+        "C: the add-in's item linked to its reservation, synced, version 1, no write",
+        linked.is_some() && quiet && shows(after.as_ref(), 1, LastChange::Addin),
+        writes,
+        Writes::NONE,
     );
-    report.check("C: no write", writes.total() == 0, format!("({writes})"));
     let c_ok = in_step(after.as_ref(), item.as_ref());
     report.reconciled("C (add-in booking)", c_ok);
 
@@ -256,30 +246,23 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         e.kind == EventKind::Modified && names(e, &item_id)
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let (after, item) = both(demo, &room, &id, &item_id).await?;
     side_by_side(report, "changed", after.as_ref(), item.as_ref());
     let echo_writes = demo.writes().since(before).since(write);
-    report.writes("D web change", write);
-    report.writes("D echo of the UpdateItem", echo_writes);
-    report.check(
+    report.check_writes(
+        "D web change",
         "D: the change written with one UpdateItem",
-        changed.is_some()
-            && write
-                == Writes {
-                    update: 1,
-                    ..Writes::default()
-                },
-        format!("({write})"),
+        changed.is_some(),
+        write,
+        Writes::UPDATE,
     );
-    report.check(
+    report.check_writes(
+        "D echo of the UpdateItem",
         "D: its echo (ModifiedEvent, same ChangeKey) processed: no write, no change",
-        echo && quiet
-            && echo_writes.total() == 0
-            && after
-                .as_ref()
-                .is_some_and(|r| r.version == 2 && r.last_change == LastChange::Web),
-        format!("({echo_writes})"),
+        echo && quiet && shows(after.as_ref(), 2, LastChange::Web),
+        echo_writes,
+        Writes::NONE,
     );
     let d_change_ok = in_step(after.as_ref(), item.as_ref());
 
@@ -295,27 +278,24 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         e.kind == EventKind::Moved && e.old_object.as_ref().is_some_and(|o| o.id == item_id)
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let after = demo.store.reservation(&id).await?;
     let moved = items_carrying(demo, &room, &id)?;
     side_by_side(report, "cancelled", after.as_ref(), moved.first());
     let echo_writes = demo.writes().since(before).since(write);
-    report.writes("D web cancel", write);
-    report.writes("D echo of the DeleteItem", echo_writes);
-    report.check(
+    report.check_writes(
+        "D web cancel",
         "D: the cancel written with one DeleteItem (the item moves to Deleted Items)",
-        cancelled.is_some()
-            && write
-                == Writes {
-                    delete: 1,
-                    ..Writes::default()
-                },
-        format!("({write})"),
+        cancelled.is_some(),
+        write,
+        Writes::DELETE,
     );
-    report.check(
+    report.check_writes(
+        "D echo of the DeleteItem",
         "D: its echo (MovedEvent) processed: no write, no change",
-        echo && quiet && echo_writes.total() == 0 && after.as_ref().is_some_and(|r| r.version == 3),
-        format!("({echo_writes})"),
+        echo && quiet && shows(after.as_ref(), 3, LastChange::Web),
+        echo_writes,
+        Writes::NONE,
     );
     let d_cancel_ok = cancelled_in_step(after.as_ref(), &moved);
     report.reconciled("D (web change, cancel)", d_change_ok && d_cancel_ok);
@@ -353,20 +333,15 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         e.kind == EventKind::Modified && names(e, &made.id)
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let (after, item) = both(demo, &addin_room, &addin_id, &made.id).await?;
     side_by_side(report, "after", after.as_ref(), item.as_ref());
-    let writes = demo.writes().since(before);
-    report.writes("E add-in change (Outlook saves the item)", writes);
-    report.check(
+    report.check_writes(
+        "E add-in change (Outlook saves the item)",
         "E: one change (the add-in's), the ModifiedEvent found no difference, no write",
-        event
-            && quiet
-            && writes.total() == 0
-            && after
-                .as_ref()
-                .is_some_and(|r| r.version == 2 && r.last_change == LastChange::Addin),
-        format!("({writes})"),
+        event && quiet && shows(after.as_ref(), 2, LastChange::Addin),
+        demo.writes().since(before),
+        Writes::NONE,
     );
     report.reconciled("E (add-in change)", in_step(after.as_ref(), item.as_ref()));
 
@@ -392,20 +367,15 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         r.subject == "Team sync, changed in OWA"
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let (after, item) = both(demo, &addin_room, &addin_id, &made.id).await?;
     side_by_side(report, "changed", after.as_ref(), item.as_ref());
-    let writes = demo.writes().since(before);
-    report.writes("F Outlook change", writes);
-    report.check(
+    report.check_writes(
+        "F Outlook change",
         "F: the reservation follows the Outlook change (by exchange), no write",
-        followed.is_some()
-            && quiet
-            && writes.total() == 0
-            && after
-                .as_ref()
-                .is_some_and(|r| r.last_change == LastChange::Exchange && r.version == 3),
-        format!("({writes})"),
+        followed.is_some() && quiet && shows(after.as_ref(), 3, LastChange::Exchange),
+        demo.writes().since(before),
+        Writes::NONE,
     );
     let f_change_ok = in_step(after.as_ref(), item.as_ref());
 
@@ -415,21 +385,16 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         r.status == ReservationStatus::Cancelled
     })
     .await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let after = demo.store.reservation(&addin_id).await?;
     let moved = items_carrying(demo, &addin_room, &addin_id)?;
     side_by_side(report, "deleted", after.as_ref(), moved.first());
-    let writes = demo.writes().since(before);
-    report.writes("F Outlook delete (to Deleted Items)", writes);
-    report.check(
+    report.check_writes(
+        "F Outlook delete (to Deleted Items)",
         "F: Outlook's delete (a move to Deleted Items) cancels the reservation, no write",
-        cancelled.is_some()
-            && quiet
-            && writes.total() == 0
-            && after
-                .as_ref()
-                .is_some_and(|r| r.last_change == LastChange::Exchange),
-        format!("({writes})"),
+        cancelled.is_some() && quiet && shows(after.as_ref(), 4, LastChange::Exchange),
+        demo.writes().since(before),
+        Writes::NONE,
     );
     report.reconciled(
         "F (Outlook change, delete)",
@@ -460,16 +425,17 @@ pub(super) async fn lost_subscription(demo: &Demo, report: &mut Report) -> anyho
         .as_ref()
         .and_then(|r| r.item_id.clone())
         .unwrap_or_default();
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let write = demo.writes().since(before);
-    report.writes("B web booking (before the loss)", write);
     header(report);
     let (r, item) = both(demo, &room, &id, &item_id).await?;
     side_by_side(report, "before", r.as_ref(), item.as_ref());
-    let b_ok = report.check(
+    let b_ok = report.check_writes(
+        "B web booking (before the loss)",
         "a web booking written before the loss (one CreateItem)",
-        written.is_some() && quiet && write.create == 1 && write.total() == 1,
-        format!("({write})"),
+        written.is_some() && quiet,
+        write,
+        Writes::CREATE,
     );
     report.reconciled(
         "B (web booking)",
@@ -535,20 +501,15 @@ pub(super) async fn lost_subscription(demo: &Demo, report: &mut Report) -> anyho
     );
     let repaired =
         wait_reservation(demo, &id, |r| r.subject == "Lunch & learn, renamed offline").await?;
-    let quiet = wait_quiet(demo).await?;
+    let quiet = demo.quiet().await?;
     let (after, item) = both(demo, &room, &id, &item_id).await?;
     side_by_side(report, "after", after.as_ref(), item.as_ref());
-    let writes = demo.writes().since(before);
-    report.writes("resync after the lost subscription", writes);
-    report.check(
+    report.check_writes(
+        "resync after the lost subscription",
         "the change made while nobody listened reached the reservation through the resync, no write",
-        repaired.is_some()
-            && quiet
-            && writes.total() == 0
-            && after
-                .as_ref()
-                .is_some_and(|r| r.last_change == LastChange::Exchange),
-        format!("({writes})"),
+        repaired.is_some() && quiet && shows(after.as_ref(), 2, LastChange::Exchange),
+        demo.writes().since(before),
+        Writes::NONE,
     );
     report.reconciled(
         "resync (lost subscription)",
@@ -608,16 +569,6 @@ async fn wait_processed(
     Ok(found.is_some())
 }
 
-/// Waits until no event and no calendar write is waiting.
-async fn wait_quiet(demo: &Demo) -> anyhow::Result<bool> {
-    let quiet = wait_for(|| async {
-        let backlog = demo.store.sync_backlog().await?;
-        Ok((backlog.events_pending == 0 && backlog.outbox_pending == 0).then_some(()))
-    })
-    .await?;
-    Ok(quiet.is_some())
-}
-
 async fn wait_reservation(
     demo: &Demo,
     id: &str,
@@ -663,6 +614,11 @@ fn items_carrying(demo: &Demo, room: &str, id: &str) -> anyhow::Result<Vec<ItemS
         .into_iter()
         .filter(|i| i.reservation_id.as_deref() == Some(id))
         .collect())
+}
+
+/// The reservation is at `version`, last changed by `by`.
+fn shows(reservation: Option<&Reservation>, version: i64, by: LastChange) -> bool {
+    reservation.is_some_and(|r| r.version == version && r.last_change == by)
 }
 
 /// An active reservation and its calendar item say the same.
