@@ -151,8 +151,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
     })
     .await?;
     let quiet = demo.quiet().await?;
-    let (after, item) = both(demo, &room, &id, &item_id).await?;
-    side_by_side(report, "after", after.as_ref(), item.as_ref());
+    let (after, item) = show(report, demo, "after", &room, &id, &item_id).await?;
     let echo_writes = demo.writes().since(before).since(write);
     report.check_writes(
         "B web booking",
@@ -205,8 +204,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
     })
     .await?;
     let quiet = demo.quiet().await?;
-    let (after, item) = both(demo, &addin_room, &addin_id, &made.id).await?;
-    side_by_side(report, "after", after.as_ref(), item.as_ref());
+    let (after, item) = show(report, demo, "after", &addin_room, &addin_id, &made.id).await?;
     let writes = demo.writes().since(before);
     report.check_writes(
         "C add-in booking (Outlook writes the item)",
@@ -223,8 +221,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         "\n   D  the web application changes, then cancels, the booking of {room}"
     ));
     header(report);
-    let (current, current_item) = both(demo, &room, &id, &item_id).await?;
-    side_by_side(report, "before", current.as_ref(), current_item.as_ref());
+    show(report, demo, "before", &room, &id, &item_id).await?;
     let start = day(4, 11);
     let before = demo.writes();
     let mark = last_event_id(demo, &room).await?;
@@ -247,8 +244,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
     })
     .await?;
     let quiet = demo.quiet().await?;
-    let (after, item) = both(demo, &room, &id, &item_id).await?;
-    side_by_side(report, "changed", after.as_ref(), item.as_ref());
+    let (after, item) = show(report, demo, "changed", &room, &id, &item_id).await?;
     let echo_writes = demo.writes().since(before).since(write);
     report.check_writes(
         "D web change",
@@ -305,8 +301,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
         "\n   E  the Outlook add-in changes the booking of {addin_room}: Outlook saves the item"
     ));
     header(report);
-    let (current, current_item) = both(demo, &addin_room, &addin_id, &made.id).await?;
-    side_by_side(report, "before", current.as_ref(), current_item.as_ref());
+    show(report, demo, "before", &addin_room, &addin_id, &made.id).await?;
     let start = day(3, 15);
     let before = demo.writes();
     let mark = last_event_id(demo, &addin_room).await?;
@@ -334,8 +329,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
     })
     .await?;
     let quiet = demo.quiet().await?;
-    let (after, item) = both(demo, &addin_room, &addin_id, &made.id).await?;
-    side_by_side(report, "after", after.as_ref(), item.as_ref());
+    let (after, item) = show(report, demo, "after", &addin_room, &addin_id, &made.id).await?;
     report.check_writes(
         "E add-in change (Outlook saves the item)",
         "E: one change (the add-in's), the ModifiedEvent found no difference, no write",
@@ -368,8 +362,7 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
     })
     .await?;
     let quiet = demo.quiet().await?;
-    let (after, item) = both(demo, &addin_room, &addin_id, &made.id).await?;
-    side_by_side(report, "changed", after.as_ref(), item.as_ref());
+    let (after, item) = show(report, demo, "changed", &addin_room, &addin_id, &made.id).await?;
     report.check_writes(
         "F Outlook change",
         "F: the reservation follows the Outlook change (by exchange), no write",
@@ -428,8 +421,7 @@ pub(super) async fn lost_subscription(demo: &Demo, report: &mut Report) -> anyho
     let quiet = demo.quiet().await?;
     let write = demo.writes().since(before);
     header(report);
-    let (r, item) = both(demo, &room, &id, &item_id).await?;
-    side_by_side(report, "before", r.as_ref(), item.as_ref());
+    let (r, item) = show(report, demo, "before", &room, &id, &item_id).await?;
     let b_ok = report.check_writes(
         "B web booking (before the loss)",
         "a web booking written before the loss (one CreateItem)",
@@ -462,8 +454,7 @@ pub(super) async fn lost_subscription(demo: &Demo, report: &mut Report) -> anyho
             ..ItemUpdate::default()
         },
     )?;
-    let (r, item) = both(demo, &room, &id, &item_id).await?;
-    side_by_side(report, "meanwhile", r.as_ref(), item.as_ref());
+    show(report, demo, "meanwhile", &room, &id, &item_id).await?;
 
     let renewed = wait_for(|| async {
         let mut renewed = 0;
@@ -502,8 +493,7 @@ pub(super) async fn lost_subscription(demo: &Demo, report: &mut Report) -> anyho
     let repaired =
         wait_reservation(demo, &id, |r| r.subject == "Lunch & learn, renamed offline").await?;
     let quiet = demo.quiet().await?;
-    let (after, item) = both(demo, &room, &id, &item_id).await?;
-    side_by_side(report, "after", after.as_ref(), item.as_ref());
+    let (after, item) = show(report, demo, "after", &room, &id, &item_id).await?;
     report.check_writes(
         "resync after the lost subscription",
         "the change made while nobody listened reached the reservation through the resync, no write",
@@ -593,17 +583,19 @@ async fn wait_resynced(
     Ok(done.is_some())
 }
 
-/// The reservation and the item as they are now.
-async fn both(
+/// Shows the reservation and the item as they are now, side by side; returns both.
+async fn show(
+    report: &mut Report,
     demo: &Demo,
+    when: &str,
     room: &str,
     id: &str,
     item_id: &str,
 ) -> anyhow::Result<(Option<Reservation>, Option<ItemSnapshot>)> {
-    Ok((
-        demo.store.reservation(id).await?,
-        demo.sim.item(room, item_id).ok(),
-    ))
+    let reservation = demo.store.reservation(id).await?;
+    let item = demo.sim.item(room, item_id).ok();
+    side_by_side(report, when, reservation.as_ref(), item.as_ref());
+    Ok((reservation, item))
 }
 
 /// Every item of the room (any folder) carrying the reservation id.
