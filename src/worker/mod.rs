@@ -138,6 +138,26 @@ pub async fn start_with_subscriber(
     let store = store::open(&worker.database_url)
         .await
         .with_context(|| format!("opening {}", redact_url(&worker.database_url)))?;
+    // Claims and leases are owned by `INSTANCE/RUN`: a restarted worker ends its previous run's
+    // at once (a SIGKILL left them to expire, which takes minutes), never another replica's.
+    let instance = worker.instance_name();
+    let owner_prefix = format!("{instance}/");
+    // The sync step and the subscription manager lease apart (both take mailbox leases).
+    let run_owner = |part: &str| format!("{owner_prefix}{}-{part}", uuid::Uuid::new_v4());
+    match store.release_leases_of_previous_run(&owner_prefix).await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(
+            instance = %instance,
+            released,
+            "took back the claims and leases a previous run of this worker left behind"
+        ),
+        // Not fatal: the leases expire on their own.
+        Err(error) => tracing::warn!(
+            instance = %instance,
+            error = %error,
+            "could not release the claims of a previous run; they expire on their own"
+        ),
+    }
     let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
     let ews_client = match ews_settings {
         Some(settings) => {
@@ -167,7 +187,7 @@ pub async fn start_with_subscriber(
                 SyncOptions::from_config(
                     &config.sync,
                     clock,
-                    format!("worker-{}", uuid::Uuid::new_v4()),
+                    run_owner("sync"),
                     config.ews.timeout,
                 ),
                 Some(sync_metrics),
@@ -226,7 +246,7 @@ pub async fn start_with_subscriber(
                     subscribe_rate: config.subscriptions.subscribe_rate,
                     max_in_flight: tuning.max_subscribe_in_flight,
                     lease: tuning.subscribe_lease,
-                    owner: format!("worker-{}", uuid::Uuid::new_v4()),
+                    owner: run_owner("subscribe"),
                 },
                 Some(subscription_metrics),
             ))

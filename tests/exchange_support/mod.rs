@@ -65,6 +65,8 @@ pub struct Stack {
     pub sim: SimHandle,
     pub gateway: Option<Harness>,
     pub worker: Option<WorkerHandle>,
+    /// The worker as the real `pushgate worker` process, for tests that SIGKILL it.
+    pub process: Option<tokio::process::Child>,
     pub db: TestDb,
     pub config: Config,
     pub tuning: Tuning,
@@ -130,6 +132,7 @@ impl Stack {
             sim,
             gateway,
             worker: None,
+            process: None,
             db,
             config,
             tuning,
@@ -157,6 +160,66 @@ impl Stack {
         self.worker.as_ref().expect("worker running")
     }
 
+    /// The worker's listener (the same port in-process and as a process).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        match &self.worker {
+            Some(worker) => worker.listen_addr,
+            None => self.config.worker.listen.parse().expect("listen address"),
+        }
+    }
+
+    /// Runs the worker as the real `pushgate worker` process on the stack's configuration (the
+    /// in-process worker, if running, is stopped first); returns once its health check answers.
+    pub async fn start_worker_process(&mut self) {
+        self.stop_worker().await;
+        assert!(self.process.is_none(), "worker process already running");
+        let dir = self.db.dir().to_path_buf();
+        let config_file = dir.join("worker-process.toml");
+        if !config_file.exists() {
+            let metrics = free_port();
+            self.config.worker.metrics_listen = format!("127.0.0.1:{metrics}");
+            let text = toml::to_string(&self.config).expect("configuration as TOML");
+            std::fs::write(&config_file, text).unwrap();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("worker-process.log"))
+            .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .args(["worker", "--config"])
+            .arg(&config_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pushgate worker");
+        self.process = Some(child);
+        let health: std::net::SocketAddr = self.config.worker.metrics_listen.parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(answer) = crate::worker_support::get(health, "/healthz").await {
+                if answer.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker process did not come up; log: {}",
+                std::fs::read_to_string(dir.join("worker-process.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: the worker process gets no chance to finish or release anything.
+    pub async fn kill_worker_process(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().await.expect("SIGKILL the worker");
+        }
+    }
+
     pub async fn store(&self) -> Arc<dyn Store> {
         self.db.inspect().await
     }
@@ -169,7 +232,7 @@ impl Stack {
     /// Switches sync on through the API.
     pub async fn sync_on(&self, address: &str) {
         let answer = crate::worker_support::api(
-            self.worker().listen_addr,
+            self.api_addr(),
             "PUT",
             &format!("/api/v1/mailboxes/{address}"),
             Some(crate::worker_support::API_TOKEN),
@@ -239,6 +302,7 @@ impl Stack {
     }
 
     pub async fn stop(mut self) {
+        self.kill_worker_process().await;
         self.stop_worker().await;
         if let Some(gateway) = self.gateway.take() {
             gateway.stop().await;
