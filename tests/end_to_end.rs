@@ -115,12 +115,12 @@ fn the_demo_passes_every_expectation() {
     assert!(report.contains("expectations met"), "{report}");
     assert!(!report.contains("[FAIL]"), "{report}");
     for scene in [
-        "1. Subscriptions",
-        "2. Processes B–F",
-        "3. A lost subscription",
-        "4. Reference notifications",
-        "5. A busy room",
-        "6. Hostile requests",
+        "1. Reference notifications",
+        "2. Hostile requests",
+        "3. Subscriptions",
+        "4. Processes B–F",
+        "5. A lost subscription",
+        "6. A busy room",
         "7. Worker outage",
         "8. Summary",
     ] {

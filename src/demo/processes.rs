@@ -19,10 +19,10 @@ const WEB_ROOM: usize = 0;
 const ADDIN_ROOM: usize = 1;
 const LOST_ROOM: usize = 2;
 
-/// Scene 1: the worker subscribes every room; Exchange confirms each with heartbeats.
+/// Scene 3: the worker subscribes every room; Exchange confirms each with heartbeats.
 pub(super) async fn subscriptions(demo: &Demo, report: &mut Report) -> anyhow::Result<()> {
     report.line(format!(
-        "\n1. Subscriptions: sync switched on for {} rooms through the REST API; the worker subscribes them",
+        "\n3. Subscriptions: sync switched on for {} rooms through the REST API; the worker subscribes them",
         demo.rooms.len()
     ));
     for room in &demo.rooms {
@@ -118,9 +118,9 @@ pub(super) async fn subscriptions(demo: &Demo, report: &mut Report) -> anyhow::R
     Ok(())
 }
 
-/// Scene 2: processes B to F, each with the reservation and the item before and after.
+/// Scene 4: processes B to F, each with the reservation and the item before and after.
 pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<()> {
-    report.line("\n2. Processes B–F: the reservation (worker) and the calendar item (Exchange) side by side");
+    report.line("\n4. Processes B–F: the reservation (worker) and the calendar item (Exchange) side by side");
     let room = demo.rooms[WEB_ROOM].clone();
 
     // B: a web booking gets one CreateItem; its echo (the CreatedEvent) no write.
@@ -396,12 +396,12 @@ pub(super) async fn b_to_f(demo: &Demo, report: &mut Report) -> anyhow::Result<(
     Ok(())
 }
 
-/// Scene 3: Exchange loses every subscription (a restart nobody is told about) and forgets the
+/// Scene 5: Exchange loses every subscription (a restart nobody is told about) and forgets the
 /// third room's events; a change made meanwhile is repaired by reading the calendar again.
 pub(super) async fn lost_subscription(demo: &Demo, report: &mut Report) -> anyhow::Result<()> {
     let room = demo.rooms[LOST_ROOM].clone();
     report.line(format!(
-        "\n3. A lost subscription: Exchange drops all {} subscriptions silently and forgets {room}'s events",
+        "\n5. A lost subscription: Exchange drops all {} subscriptions silently and forgets {room}'s events",
         demo.rooms.len()
     ));
     let start = day(6, 9);
