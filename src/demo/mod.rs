@@ -580,6 +580,10 @@ async fn summary(demo: &Demo, report: &mut Report) -> anyhow::Result<()> {
             "pushgate_worker_notifications_total",
         ),
         (
+            "subscriptions it replaced, by cause",
+            "pushgate_subscription_renewals_total",
+        ),
+        (
             "events the sync step handled, by outcome",
             "pushgate_sync_events_total",
         ),
