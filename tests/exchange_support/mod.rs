@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate::config::{Config, EwsAuth, UnknownSubscriptions};
-use pushgate::exchange_sim::{SimHandle, SimOptions, Simulator};
+use pushgate::config::{Config, UnknownSubscriptions};
+use pushgate::demo::wiring::{self, OauthClient};
+use pushgate::exchange_sim::{SimHandle, Simulator};
 use pushgate::store::{MailboxState, MailboxView, Store};
 use pushgate::worker::{self, Tuning, WorkerHandle};
 
@@ -86,16 +87,18 @@ impl Stack {
         } else {
             None
         };
-        let sim = Simulator::start(SimOptions {
-            tls: true,
-            time_scale: options.time_scale,
-            first_status_after: options.first_status_after,
-            push_ca_pem: gateway.as_ref().map(|g| g.ca_pem.clone()),
-            push_source: Some(ALLOWED),
-            mailboxes: options.mailboxes.clone(),
-            oauth_clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
-            ..SimOptions::default()
-        })
+        let client = OauthClient {
+            id: CLIENT_ID,
+            secret: CLIENT_SECRET,
+        };
+        let sim = Simulator::start(wiring::simulator_options(
+            options.time_scale,
+            options.first_status_after,
+            gateway.as_ref().map(|g| g.ca_pem.clone()),
+            ALLOWED,
+            options.mailboxes.clone(),
+            &client,
+        ))
         .await
         .expect("simulator starts");
 
@@ -104,18 +107,7 @@ impl Stack {
         config.worker.listen = format!("127.0.0.1:{worker_port}");
         config.worker.unknown_subscriptions = UnknownSubscriptions::Unsubscribe;
         config.worker.time_scale = options.time_scale;
-        let ca_file = dir.join("sim-ca.pem");
-        std::fs::write(&ca_file, sim.ca_pem().expect("TLS simulator")).unwrap();
-        let secret_file = dir.join("client.secret");
-        std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
-        let ews = &mut config.ews;
-        ews.url = sim.ews_url();
-        ews.auth = EwsAuth::Oauth2;
-        ews.token_url = sim.token_url();
-        ews.client_id = CLIENT_ID.into();
-        ews.client_secret_file = secret_file;
-        ews.ca_file = ca_file;
-        ews.timeout = Duration::from_secs(5);
+        wiring::point_ews_at(&mut config, &sim, &dir, &client).expect("[ews] wired");
         let s = &mut config.subscriptions;
         s.status_frequency = options.status_frequency;
         s.subscribe_rate = options.subscribe_rate;
@@ -135,11 +127,7 @@ impl Stack {
             Callback::Root => s.idp_root_url = root,
         }
         config.check().expect("stack configuration is valid");
-        let tuning = Tuning {
-            backlog_interval: Duration::from_millis(100),
-            subscribe_lease: Duration::from_secs(20),
-            ..Tuning::default()
-        };
+        let tuning = wiring::compressed_tuning();
         let mut stack = Stack {
             sim,
             gateway,
