@@ -281,6 +281,10 @@ pub struct WorkerConfig {
     /// gateway and worker need not pick the new one up at the same instant.
     #[serde(with = "humantime_serde")]
     pub token_grace: Duration,
+    /// Names this worker among the replicas sharing a database; its claims and leases carry it,
+    /// so that after a crash the restarted worker takes back what its previous run held at once
+    /// instead of waiting for the leases to expire. Empty: the host name and the listen port.
+    pub instance: String,
 }
 
 impl Default for WorkerConfig {
@@ -298,6 +302,7 @@ impl Default for WorkerConfig {
             group_commit_wait: Duration::from_millis(2),
             group_commit_max: 256,
             token_grace: Duration::from_secs(300),
+            instance: String::new(),
         }
     }
 }
@@ -714,6 +719,12 @@ impl Config {
         }
         check_paths("gateway.paths", &g.paths)?;
         check_paths("worker.paths", &self.worker.paths)?;
+        if !self.worker.instance.is_empty() && !is_instance_name(&self.worker.instance) {
+            return Err(ConfigError::key(
+                "worker.instance",
+                format!("must be 1 to {MAX_INSTANCE_CHARS} characters of A-Z a-z 0-9 _ . : -"),
+            ));
+        }
         check_cidrs("gateway.trusted_proxies", &g.trusted_proxies)?;
         check_cidrs("gateway.probe_ranges", &g.probe_ranges)?;
         for (key, value) in [
@@ -927,7 +938,42 @@ fn check_paths(key: &str, paths: &[String]) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Longest `[worker] instance`.
+const MAX_INSTANCE_CHARS: usize = 100;
+
+fn is_instance_name(name: &str) -> bool {
+    (1..=MAX_INSTANCE_CHARS).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+}
+
 impl WorkerConfig {
+    /// The name of this worker among replicas: `instance`, or the host name and the listen port
+    /// (two replicas on one host listen on different ports). Host names outside the allowed
+    /// characters are reduced to them.
+    pub fn instance_name(&self) -> String {
+        if !self.instance.is_empty() {
+            return self.instance.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_default();
+        let host: String = host
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            .take(64)
+            .collect();
+        let port = self
+            .listen
+            .parse::<SocketAddr>()
+            .map_or(0, |addr| addr.port());
+        let host = if host.is_empty() { "worker" } else { &host };
+        format!("{host}:{port}")
+    }
+
     /// The notification paths the worker serves: its own, or the gateway's when it names none.
     pub fn notification_paths<'a>(&'a self, gateway: &'a GatewayConfig) -> &'a [String] {
         if self.paths.is_empty() {

@@ -114,4 +114,73 @@ fn the_demo_passes_every_expectation() {
     );
     assert!(report.contains("expectations met"), "{report}");
     assert!(!report.contains("[FAIL]"), "{report}");
+    for scene in [
+        "1. Reference notifications",
+        "2. Hostile requests",
+        "3. Subscriptions",
+        "4. Processes B–F",
+        "5. A lost subscription",
+        "6. A busy room",
+        "7. Worker outage",
+        "8. Summary",
+    ] {
+        assert!(report.contains(scene), "no scene {scene:?}:\n{report}");
+    }
+    // Every process reconciled at least one reservation.
+    let reconciled = section(
+        &report,
+        "reservations reconciled per process",
+        "EWS writes per cause",
+    );
+    for process in ["B (", "C (", "D (", "E (", "F (", "resync ("] {
+        let count = reconciled
+            .iter()
+            .find(|line| line.trim_start().starts_with(process))
+            .and_then(|line| line.split_whitespace().last())
+            .and_then(|n| n.parse::<u32>().ok());
+        assert!(
+            count.is_some_and(|n| n >= 1),
+            "{process}: {count:?} reconciled:\n{report}"
+        );
+    }
+    // The writes per cause: one for each web booking, change and cancel; none for echoes, the
+    // add-in, Outlook's own changes or the resync.
+    let writes = section(
+        &report,
+        "EWS writes per cause",
+        "every EWS write has a cause",
+    );
+    let writes_of = |cause: &str| -> String {
+        writes
+            .iter()
+            .find(|line| line.trim_start().starts_with(cause))
+            // `cause` padded to a column, then the writes.
+            .and_then(|line| line.trim().rsplit("  ").next())
+            .map(|writes| writes.trim().to_string())
+            .unwrap_or_else(|| panic!("no cause {cause:?}:\n{report}"))
+    };
+    assert_eq!(writes_of("B web booking "), "1 CreateItem");
+    assert_eq!(writes_of("D web change"), "1 UpdateItem");
+    assert_eq!(writes_of("D web cancel"), "1 DeleteItem");
+    for cause in [
+        "B echo of the CreateItem",
+        "C add-in booking",
+        "D echo of the UpdateItem",
+        "D echo of the DeleteItem",
+        "E add-in change",
+        "F Outlook change",
+        "F Outlook delete",
+        "resync after the lost subscription",
+    ] {
+        assert_eq!(writes_of(cause), "no write", "{cause}");
+    }
+}
+
+/// The lines of the report from the one containing `from` up to the one containing `to`.
+fn section<'a>(report: &'a str, from: &str, to: &str) -> Vec<&'a str> {
+    report
+        .lines()
+        .skip_while(|line| !line.contains(from))
+        .take_while(|line| !line.contains(to))
+        .collect()
 }

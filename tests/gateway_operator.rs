@@ -1,6 +1,7 @@
 //! The gateway's part of the operator kit: per-source request rate and connection limits (refusals
 //! counted by reason, nothing forwarded), the certificate expiry metric, the bearer token rotated
-//! without a restart (gateway and worker), and an access log that cannot stall requests.
+//! without a restart (gateway and worker), an access log that cannot stall requests, and the
+//! ranges updater's runs shown in the gateway's metrics.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on setup failures
 
 mod common;
@@ -354,5 +355,38 @@ async fn a_stalled_access_log_never_stalls_requests() {
         .requests()
         .iter()
         .for_each(|r| assert_ne!(r.body, b"<x/>"));
+    h.stop().await;
+}
+
+/// What `pushgate ranges update` records in `[ranges] state_dir` reaches the gateway's metrics
+/// without a restart: nothing recorded (0 and -1), a success, then a failure that keeps the
+/// last success.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ranges_updaters_runs_are_shown_in_the_metrics() {
+    use pushgate::ranges::state::StateDir;
+    let h = Harness::start().await;
+    let run = "pushgate_ranges_update_last_run_timestamp_seconds";
+    let success = "pushgate_ranges_update_last_success_timestamp_seconds";
+    let status = "pushgate_ranges_update_last_exit_status";
+    let text = h.metrics().await;
+    for name in [run, success, status] {
+        assert!(
+            text.lines().any(|l| l.starts_with(&format!("{name} "))),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert_eq!(h.metric(success).await, 0.0);
+    assert_eq!(h.metric(status).await, -1.0);
+
+    let state = StateDir::new(&h.config.ranges.state_dir);
+    state.record_run(1_800_000_000, 0).unwrap();
+    h.wait_metric(success, 1_800_000_000.0).await;
+    h.wait_metric(run, 1_800_000_000.0).await;
+    h.wait_metric(status, 0.0).await;
+
+    state.record_run(1_800_003_600, 3).unwrap();
+    h.wait_metric(status, 3.0).await;
+    h.wait_metric(run, 1_800_003_600.0).await;
+    assert_eq!(h.metric(success).await, 1_800_000_000.0);
     h.stop().await;
 }

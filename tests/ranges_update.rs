@@ -525,6 +525,59 @@ fn rate_limit_is_not_retried_and_keeps_the_old_file() {
     assert_eq!(site.state("version").as_deref(), Some("2025053000\n"));
 }
 
+/// Every run leaves its time and exit status in `last-run`, and a run ending 0 (updated or
+/// already current) also in `last-success`: what the gateway's `pushgate_ranges_update_*`
+/// metrics show, so that monitoring sees a failing updater while its old list is in force.
+#[test]
+fn runs_are_recorded_for_monitoring() {
+    let parse_run = |text: Option<String>| -> (i64, i32) {
+        let text = text.expect("last-run written");
+        let (at, status) = text.trim().split_once(' ').expect("two fields");
+        (at.parse().unwrap(), status.parse().unwrap())
+    };
+    let now = || {
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let site = Site::new("");
+    let start = now();
+    let before = site.first_update();
+    let (at, status) = parse_run(site.state("last-run"));
+    assert_eq!(status, 0);
+    assert!(at >= start && at <= now(), "{at} not within the run");
+    let success = site.state("last-success").expect("last-success written");
+    assert_eq!(success.trim(), at.to_string());
+
+    // The feed refuses: exit 2, recorded; the last success stays.
+    site.feed.version(VERSION_2);
+    site.feed.endpoints(Reply::status(429));
+    site.refused(&before, 2, &[]);
+    let (_, status) = parse_run(site.state("last-run"));
+    assert_eq!(status, 2);
+    assert_eq!(
+        site.state("last-success").as_deref(),
+        Some(success.as_str())
+    );
+
+    // Already current is a success too, though nothing else is written.
+    site.feed.version(VERSION_1);
+    std::thread::sleep(Duration::from_millis(1100));
+    let run = site.update(&[]);
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let (at, status) = parse_run(site.state("last-run"));
+    assert_eq!(status, 0);
+    assert_eq!(
+        site.state("last-success").map(|s| s.trim().to_string()),
+        Some(at.to_string())
+    );
+    assert_ne!(
+        site.state("last-success").as_deref(),
+        Some(success.as_str())
+    );
+}
+
 #[test]
 fn rate_limited_version_call_without_retry_after_says_an_hour() {
     let site = Site::new("");

@@ -35,6 +35,22 @@ pub struct GatewayMetrics {
     pub keepalive_requests: IntCounter,
 }
 
+/// Every value of `pushgate_gateway_tls_reloads_total{result}`.
+pub const TLS_RELOAD_RESULTS: [&str; 2] = ["reloaded", "refused"];
+/// Every value of `pushgate_gateway_connections_rejected_total{reason}`.
+pub const CONNECTION_REJECT_REASONS: [&str; 3] = [
+    "source_not_allowed",
+    "proxy_protocol",
+    "source_connection_limit",
+];
+/// Every reason of `pushgate_gateway_requests_total{outcome="upstream_error"}`
+/// (see `proxy::classify_failure`).
+pub const UPSTREAM_ERROR_REASONS: [&str; 3] = [
+    "upstream_unreachable",
+    "upstream_timeout",
+    "upstream_failed",
+];
+
 fn latency_buckets() -> Vec<f64> {
     vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -136,6 +152,17 @@ impl GatewayMetrics {
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(keepalive_requests.clone()))?;
         registry.register(Box::new(build_info))?;
+        // The series the alerting rules watch exist from the start at 0, so that `increase()`
+        // sees their first event (a series born at 1 shows no increase) and dashboards no gap.
+        for result in TLS_RELOAD_RESULTS {
+            tls_reloads.with_label_values(&[result]);
+        }
+        for reason in CONNECTION_REJECT_REASONS {
+            connections_rejected.with_label_values(&[reason]);
+        }
+        for reason in UPSTREAM_ERROR_REASONS {
+            requests.with_label_values(&["upstream_error", reason]);
+        }
         Ok(Self {
             registry,
             requests,
@@ -160,5 +187,36 @@ impl GatewayMetrics {
         self.request_duration
             .with_label_values(&[outcome])
             .observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_series_exist_at_zero_from_the_start() {
+        let metrics = GatewayMetrics::new().unwrap();
+        let text = String::from_utf8(crate::metrics::render_registry(&metrics.registry)).unwrap();
+        let mut expected: Vec<String> = TLS_RELOAD_RESULTS
+            .iter()
+            .map(|r| format!("pushgate_gateway_tls_reloads_total{{result=\"{r}\"}} 0"))
+            .collect();
+        expected.extend(
+            CONNECTION_REJECT_REASONS.iter().map(|r| {
+                format!("pushgate_gateway_connections_rejected_total{{reason=\"{r}\"}} 0")
+            }),
+        );
+        expected.extend(UPSTREAM_ERROR_REASONS.iter().map(|r| {
+            format!(
+                "pushgate_gateway_requests_total{{outcome=\"upstream_error\",reason=\"{r}\"}} 0"
+            )
+        }));
+        for line in expected {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
     }
 }

@@ -33,6 +33,8 @@ use tokio::task::JoinHandle;
 use crate::allowlist::{Allowlist, AllowlistMetrics};
 use crate::config::{parse_cidrs, parse_upstream, Config};
 use crate::notification::Limits;
+use crate::ranges::monitor::UpdaterMetrics;
+use crate::ranges::state::StateDir;
 use crate::token_file::{TokenCheck, TokenFile};
 use client::NetList;
 use limits::{LimitPolicy, SourceLimits};
@@ -306,6 +308,13 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
             sweep_limits.sweep(Instant::now());
         }
     }));
+    let updater_metrics = UpdaterMetrics::register(&shared.metrics.registry)
+        .context("registering the ranges updater metrics")?;
+    background.push(spawn_updater_watcher(
+        StateDir::new(&config.ranges.state_dir),
+        g.ranges_reload_interval,
+        updater_metrics,
+    ));
     let mut reload_shutdown = shutdown_rx.clone();
     background.push(crate::allowlist::spawn_reloader(
         allowlist.clone(),
@@ -376,6 +385,30 @@ fn spawn_cert_watcher(
                 CertCheck::Refused(e) => {
                     metrics.tls_reloads.with_label_values(&["refused"]).inc();
                     tracing::error!(error = %e, "new TLS certificate refused; the previous one stays in use");
+                }
+            }
+        }
+    })
+}
+
+/// Shows what the ranges updater recorded in its state directory (same host, same working
+/// directory), so that a failing or stopped updater is seen while its last list is in force.
+fn spawn_updater_watcher(
+    state: StateDir,
+    interval: Duration,
+    metrics: UpdaterMetrics,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let state = state.clone();
+            match tokio::task::spawn_blocking(move || state.run_record()).await {
+                Ok(record) => metrics.set(&record),
+                Err(e) => {
+                    tracing::error!(error = %e, "ranges updater watcher stopped");
+                    return;
                 }
             }
         }

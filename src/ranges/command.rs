@@ -103,7 +103,7 @@ pub fn run_update(config: &Config, options: &UpdateOptions) -> u8 {
             say!("{line}");
         }
     };
-    match update(config, options, &mut note) {
+    let status = match update(config, options, &mut note) {
         Ok(outcome) => {
             say!("{}", outcome.summary());
             EXIT_OK
@@ -118,7 +118,14 @@ pub fn run_update(config: &Config, options: &UpdateOptions) -> u8 {
             complain!("pushgate ranges update: {error}{kept}");
             error.exit_code()
         }
+    };
+    // The gateway shows these in its metrics, so that an updater that fails or stopped running
+    // is seen even while the list it left is still in force. Not recording changes no exit status.
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    if let Err(error) = StateDir::new(&config.ranges.state_dir).record_run(now, status) {
+        complain!("pushgate ranges update: recording the run for monitoring: {error}");
     }
+    status
 }
 
 /// The update itself. `note` receives the verbose lines.

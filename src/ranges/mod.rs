@@ -5,6 +5,7 @@
 mod command;
 pub mod feed;
 pub mod fetch;
+pub mod monitor;
 pub mod select;
 pub mod state;
 pub mod write;

@@ -87,4 +87,31 @@ pub trait EventClaims: Send + Sync {
     /// pending event of its subscription and is handled next (processing reads the item as it is
     /// now, so a late replay applies nothing stale). False when it was not a dead letter.
     async fn replay_event(&self, id: i64) -> Result<bool, StoreError>;
+
+    /// Ends every lease an earlier run of this worker instance left behind: claims on events,
+    /// outbox leases, mailbox leases and resync holds whose owner starts with `owner_prefix`. A worker killed
+    /// without the chance to release them would otherwise hold them until they expire (minutes),
+    /// and its subscriptions, writes and Subscribe calls would wait that long after a restart.
+    /// Returns how many rows were released.
+    async fn release_leases_of_previous_run(&self, owner_prefix: &str) -> Result<u64, StoreError>;
+}
+
+/// What [`EventClaims::release_leases_of_previous_run`] releases: (table, owner, until) of every
+/// lease the worker takes (event claims, outbox writes, Subscribe calls, resyncs).
+pub(crate) const RELEASE_PREVIOUS_RUN: [(&str, &str, &str); 4] = [
+    ("notification_events", "claimed_by", "claimed_until"),
+    ("outbox", "lease_owner", "lease_until"),
+    ("mailboxes", "lease_owner", "lease_until"),
+    ("mailboxes", "resync_owner", "resync_until"),
+];
+
+/// `UPDATE` releasing the leases of one table whose owner starts with parameter `param`.
+pub(crate) fn release_previous_run_sql(
+    (table, owner, until): (&str, &str, &str),
+    param: &str,
+) -> String {
+    format!(
+        "UPDATE {table} SET {owner} = NULL, {until} = NULL \
+         WHERE {owner} IS NOT NULL AND substr({owner}, 1, length({param})) = {param}"
+    )
 }

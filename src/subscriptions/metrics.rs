@@ -1,5 +1,6 @@
 //! The subscription manager's metrics, registered in the worker's registry: mailboxes by state,
-//! Subscribe calls by result, renewals by cause, and the silence of the most silent subscription.
+//! Subscribe calls by result, renewals by cause, the silence of the most silent subscription and
+//! the StatusFrequency it is judged against.
 
 use prometheus::{Gauge, IntCounterVec, IntGaugeVec, Opts, Registry};
 use time::OffsetDateTime;
@@ -20,6 +21,7 @@ pub struct SubscriptionMetrics {
     calls: IntCounterVec,
     renewals: IntCounterVec,
     max_silence: Gauge,
+    status_frequency: Gauge,
 }
 
 impl SubscriptionMetrics {
@@ -46,6 +48,10 @@ impl SubscriptionMetrics {
             "pushgate_subscription_max_silence_seconds",
             "Seconds since the most silent active subscription was last heard from",
         )?;
+        let status_frequency = Gauge::new(
+            "pushgate_subscription_status_frequency_seconds",
+            "StatusFrequency asked of Exchange ([subscriptions] status_frequency): a subscription silent for twice this is renewed",
+        )?;
         for state in MailboxState::ALL {
             mailboxes.with_label_values(&[state.as_str()]).set(0);
         }
@@ -59,12 +65,19 @@ impl SubscriptionMetrics {
         registry.register(Box::new(calls.clone()))?;
         registry.register(Box::new(renewals.clone()))?;
         registry.register(Box::new(max_silence.clone()))?;
+        registry.register(Box::new(status_frequency.clone()))?;
         Ok(Self {
             mailboxes,
             calls,
             renewals,
             max_silence,
+            status_frequency,
         })
+    }
+
+    /// The StatusFrequency in force, so that alerts compare the silence with twice it.
+    pub fn set_status_frequency(&self, status_frequency: std::time::Duration) {
+        self.status_frequency.set(status_frequency.as_secs_f64());
     }
 
     pub fn subscribe_call(&self, result: &str) {
@@ -90,5 +103,45 @@ impl SubscriptionMetrics {
             .oldest_heard_at
             .map_or(0.0, |heard| (now - heard).as_seconds_f64().max(0.0));
         self.max_silence.set(silence);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(registry: &Registry, name: &str) -> Option<f64> {
+        let text = String::from_utf8(crate::metrics::render_registry(registry)).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+
+    #[test]
+    fn silence_and_the_status_frequency_it_is_judged_against() {
+        let registry = Registry::new();
+        let metrics = SubscriptionMetrics::new(&registry).unwrap();
+        metrics.set_status_frequency(std::time::Duration::from_secs(300));
+        let now = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        metrics.set_summary(
+            &MailboxSummary {
+                by_state: vec![(MailboxState::Active, 3)],
+                oldest_heard_at: Some(now - time::Duration::seconds(700)),
+            },
+            now,
+        );
+        assert_eq!(
+            value(&registry, "pushgate_subscription_status_frequency_seconds"),
+            Some(300.0)
+        );
+        assert_eq!(
+            value(&registry, "pushgate_subscription_max_silence_seconds"),
+            Some(700.0)
+        );
+        metrics.set_summary(&MailboxSummary::default(), now);
+        assert_eq!(
+            value(&registry, "pushgate_subscription_max_silence_seconds"),
+            Some(0.0)
+        );
     }
 }

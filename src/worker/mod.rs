@@ -141,6 +141,26 @@ pub async fn start_with_subscriber(
             store::redact_database_url(&worker.database_url)
         )
     })?;
+    // Claims and leases are owned by `INSTANCE/RUN`: a restarted worker ends its previous run's
+    // at once (a SIGKILL left them to expire, which takes minutes), never another replica's.
+    let instance = worker.instance_name();
+    let owner_prefix = format!("{instance}/");
+    // The sync step and the subscription manager lease apart (both take mailbox leases).
+    let run_owner = |part: &str| format!("{owner_prefix}{}-{part}", uuid::Uuid::new_v4());
+    match store.release_leases_of_previous_run(&owner_prefix).await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(
+            instance = %instance,
+            released,
+            "took back the claims and leases a previous run of this worker left behind"
+        ),
+        // Not fatal: the leases expire on their own.
+        Err(error) => tracing::warn!(
+            instance = %instance,
+            error = %error,
+            "could not release the claims of a previous run; they expire on their own"
+        ),
+    }
     let metrics = Arc::new(WorkerMetrics::new().context("registering worker metrics")?);
     let ews_client = match ews_settings {
         Some(settings) => {
@@ -170,7 +190,7 @@ pub async fn start_with_subscriber(
                 SyncOptions::from_config(
                     &config.sync,
                     clock,
-                    format!("worker-{}", uuid::Uuid::new_v4()),
+                    run_owner("sync"),
                     config.ews.timeout,
                 ),
                 Some(sync_metrics),
@@ -214,14 +234,15 @@ pub async fn start_with_subscriber(
                 SubscriptionMetrics::new(metrics.registry())
                     .context("registering subscription metrics")?,
             );
+            let status_frequency =
+                Duration::from_secs(60 * u64::from(config.subscriptions.status_frequency));
+            subscription_metrics.set_status_frequency(status_frequency);
             Some(SubscriptionManager::new(
                 store.clone(),
                 subscriber,
                 ManagerOptions {
                     timing: Timing {
-                        status_frequency: Duration::from_secs(
-                            60 * u64::from(config.subscriptions.status_frequency),
-                        ),
+                        status_frequency,
                         clock,
                         started_at: time::OffsetDateTime::now_utc(),
                     },
@@ -229,7 +250,7 @@ pub async fn start_with_subscriber(
                     subscribe_rate: config.subscriptions.subscribe_rate,
                     max_in_flight: tuning.max_subscribe_in_flight,
                     lease: tuning.subscribe_lease,
-                    owner: format!("worker-{}", uuid::Uuid::new_v4()),
+                    owner: run_owner("subscribe"),
                 },
                 Some(subscription_metrics),
             ))

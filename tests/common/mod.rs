@@ -373,6 +373,8 @@ impl Harness {
         g.keepalive_max_requests = options.keepalive_max_requests;
         g.keepalive_idle_timeout = options.keepalive_idle_timeout;
         g.shutdown_grace = Duration::from_secs(2);
+        // The ranges updater's records, which the gateway shows: in the test's own directory.
+        config.ranges.state_dir = dir.path().join("ranges-state");
         config.check().expect("harness configuration is valid");
 
         let gateway = gateway::start(&config).await.expect("gateway starts");

@@ -7,8 +7,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use pushgate::config::{Config, EwsAuth, UnknownSubscriptions};
-use pushgate::exchange_sim::{SimHandle, SimOptions, Simulator};
+use pushgate::config::{Config, UnknownSubscriptions};
+use pushgate::demo::wiring::{self, OauthClient};
+use pushgate::exchange_sim::{SimHandle, Simulator};
 use pushgate::store::{MailboxState, MailboxView, Store};
 use pushgate::worker::{self, Tuning, WorkerHandle};
 
@@ -64,6 +65,8 @@ pub struct Stack {
     pub sim: SimHandle,
     pub gateway: Option<Harness>,
     pub worker: Option<WorkerHandle>,
+    /// The worker as the real `pushgate worker` process, for tests that SIGKILL it.
+    pub process: Option<tokio::process::Child>,
     pub db: TestDb,
     pub config: Config,
     pub tuning: Tuning,
@@ -84,16 +87,18 @@ impl Stack {
         } else {
             None
         };
-        let sim = Simulator::start(SimOptions {
-            tls: true,
-            time_scale: options.time_scale,
-            first_status_after: options.first_status_after,
-            push_ca_pem: gateway.as_ref().map(|g| g.ca_pem.clone()),
-            push_source: Some(ALLOWED),
-            mailboxes: options.mailboxes.clone(),
-            oauth_clients: vec![(CLIENT_ID.into(), CLIENT_SECRET.into())],
-            ..SimOptions::default()
-        })
+        let client = OauthClient {
+            id: CLIENT_ID,
+            secret: CLIENT_SECRET,
+        };
+        let sim = Simulator::start(wiring::simulator_options(
+            options.time_scale,
+            options.first_status_after,
+            gateway.as_ref().map(|g| g.ca_pem.clone()),
+            ALLOWED,
+            options.mailboxes.clone(),
+            &client,
+        ))
         .await
         .expect("simulator starts");
 
@@ -102,18 +107,7 @@ impl Stack {
         config.worker.listen = format!("127.0.0.1:{worker_port}");
         config.worker.unknown_subscriptions = UnknownSubscriptions::Unsubscribe;
         config.worker.time_scale = options.time_scale;
-        let ca_file = dir.join("sim-ca.pem");
-        std::fs::write(&ca_file, sim.ca_pem().expect("TLS simulator")).unwrap();
-        let secret_file = dir.join("client.secret");
-        std::fs::write(&secret_file, CLIENT_SECRET).unwrap();
-        let ews = &mut config.ews;
-        ews.url = sim.ews_url();
-        ews.auth = EwsAuth::Oauth2;
-        ews.token_url = sim.token_url();
-        ews.client_id = CLIENT_ID.into();
-        ews.client_secret_file = secret_file;
-        ews.ca_file = ca_file;
-        ews.timeout = Duration::from_secs(5);
+        wiring::point_ews_at(&mut config, &sim, &dir, &client).expect("[ews] wired");
         let s = &mut config.subscriptions;
         s.status_frequency = options.status_frequency;
         s.subscribe_rate = options.subscribe_rate;
@@ -133,15 +127,12 @@ impl Stack {
             Callback::Root => s.idp_root_url = root,
         }
         config.check().expect("stack configuration is valid");
-        let tuning = Tuning {
-            backlog_interval: Duration::from_millis(100),
-            subscribe_lease: Duration::from_secs(20),
-            ..Tuning::default()
-        };
+        let tuning = wiring::compressed_tuning();
         let mut stack = Stack {
             sim,
             gateway,
             worker: None,
+            process: None,
             db,
             config,
             tuning,
@@ -169,6 +160,66 @@ impl Stack {
         self.worker.as_ref().expect("worker running")
     }
 
+    /// The worker's listener (the same port in-process and as a process).
+    pub fn api_addr(&self) -> std::net::SocketAddr {
+        match &self.worker {
+            Some(worker) => worker.listen_addr,
+            None => self.config.worker.listen.parse().expect("listen address"),
+        }
+    }
+
+    /// Runs the worker as the real `pushgate worker` process on the stack's configuration (the
+    /// in-process worker, if running, is stopped first); returns once its health check answers.
+    pub async fn start_worker_process(&mut self) {
+        self.stop_worker().await;
+        assert!(self.process.is_none(), "worker process already running");
+        let dir = self.db.dir().to_path_buf();
+        let config_file = dir.join("worker-process.toml");
+        if !config_file.exists() {
+            let metrics = free_port();
+            self.config.worker.metrics_listen = format!("127.0.0.1:{metrics}");
+            let text = toml::to_string(&self.config).expect("configuration as TOML");
+            std::fs::write(&config_file, text).unwrap();
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("worker-process.log"))
+            .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .args(["worker", "--config"])
+            .arg(&config_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn pushgate worker");
+        self.process = Some(child);
+        let health: std::net::SocketAddr = self.config.worker.metrics_listen.parse().unwrap();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            if let Ok(answer) = crate::worker_support::get(health, "/healthz").await {
+                if answer.status == 200 {
+                    return;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "worker process did not come up; log: {}",
+                std::fs::read_to_string(dir.join("worker-process.log")).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: the worker process gets no chance to finish or release anything.
+    pub async fn kill_worker_process(&mut self) {
+        if let Some(mut child) = self.process.take() {
+            child.kill().await.expect("SIGKILL the worker");
+        }
+    }
+
     pub async fn store(&self) -> Arc<dyn Store> {
         self.db.inspect().await
     }
@@ -181,7 +232,7 @@ impl Stack {
     /// Switches sync on through the API.
     pub async fn sync_on(&self, address: &str) {
         let answer = crate::worker_support::api(
-            self.worker().listen_addr,
+            self.api_addr(),
             "PUT",
             &format!("/api/v1/mailboxes/{address}"),
             Some(crate::worker_support::API_TOKEN),
@@ -251,6 +302,7 @@ impl Stack {
     }
 
     pub async fn stop(mut self) {
+        self.kill_worker_process().await;
         self.stop_worker().await;
         if let Some(gateway) = self.gateway.take() {
             gateway.stop().await;

@@ -25,6 +25,7 @@ conformance!(
     event_claims_keep_order_and_exclusivity,
     two_stores_claim_concurrently_each_thing_once_in_order,
     resync_requests_and_the_calendar_folder,
+    a_restarted_worker_takes_back_its_previous_runs_leases_only,
 );
 
 /// The instant every case starts from (the store takes `now` from its caller).
@@ -1312,4 +1313,89 @@ async fn resync_requests_and_the_calendar_folder(db: &Db) {
             .as_deref(),
         Some("AAMkCalendar")
     );
+}
+
+/// A worker killed with SIGKILL leaves its claims and leases behind; its next run (same instance
+/// name) takes them back at once, and leaves another instance's alone, even one whose name the
+/// first extends (`host:80` against `host:8080`).
+async fn a_restarted_worker_takes_back_its_previous_runs_leases_only(db: &Db) {
+    let store = db.open().await;
+    subscribe(&*store, "room1@contoso.com", "S1", T0).await;
+    subscribe(&*store, "room2@contoso.com", "S2", T0).await;
+    for s in ["S1", "S2"] {
+        let events = (1..=2)
+            .map(|n| event(EventKind::Modified, Some(&watermark(s, n))))
+            .collect();
+        store
+            .commit(
+                &[request(notification(s, Some(&watermark(s, 0)), events))],
+                Accept,
+            )
+            .await
+            .unwrap();
+    }
+    let start = datetime!(2026-12-02 08:00 UTC);
+    create(
+        &*store,
+        booking("res-a", "room1@contoso.com", start, ChangeSource::Web),
+    )
+    .await;
+    create(
+        &*store,
+        booking("res-b", "room2@contoso.com", start, ChangeSource::Web),
+    )
+    .await;
+    for address in ["room1@contoso.com", "room2@contoso.com"] {
+        assert!(store.request_resync(address, T0).await.unwrap());
+    }
+    // The dead run of `host:80` holds S1, res-a and room1's resync; the live `host:8080` the rest.
+    let dead = lease("host:80/run-1-sync", T0 + minutes(10));
+    let live = lease("host:8080/run-7-sync", T0 + minutes(10));
+    for (holder, subscription, reservation, mailbox) in [
+        (&dead, "S1", "res-a", "room1@contoso.com"),
+        (&live, "S2", "res-b", "room2@contoso.com"),
+    ] {
+        let claimed = store.claim_events(T0, holder, 1, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].subscription_id, subscription);
+        let outbox = store.claim_outbox(T0, 1, holder).await.unwrap();
+        assert_eq!(outbox.len(), 1);
+        assert_eq!(outbox[0].reservation.id, reservation);
+        let resyncs = store.take_resyncs(T0, holder, 1).await.unwrap();
+        assert_eq!(resyncs.len(), 1);
+        assert_eq!(resyncs[0].address, mailbox);
+    }
+    let now = T0 + minutes(1);
+    let newcomer = lease("host:80/run-2-sync", T0 + minutes(10));
+    assert!(store
+        .claim_events(now, &newcomer, 10, 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Two events, one outbox row, one resync hold.
+    assert_eq!(
+        store
+            .release_leases_of_previous_run("host:80/")
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(
+        store
+            .release_leases_of_previous_run("host:80/")
+            .await
+            .unwrap(),
+        0
+    );
+    let events = store.claim_events(now, &newcomer, 10, 10).await.unwrap();
+    let subscriptions: Vec<&str> = events.iter().map(|c| c.subscription_id.as_str()).collect();
+    assert_eq!(subscriptions, ["S1"], "S2 stays with the live instance");
+    assert_eq!(events[0].events.len(), 2);
+    let outbox = store.claim_outbox(now, 10, &newcomer).await.unwrap();
+    let reservations: Vec<&str> = outbox.iter().map(|c| c.reservation.id.as_str()).collect();
+    assert_eq!(reservations, ["res-a"]);
+    let resyncs = store.take_resyncs(now, &newcomer, 10).await.unwrap();
+    let mailboxes: Vec<&str> = resyncs.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(mailboxes, ["room1@contoso.com"]);
 }

@@ -11,7 +11,9 @@ use tokio_postgres::types::ToSql;
 
 use super::mailboxes::{begin_error, commit_error};
 use super::{column, pg_error, stored_event, PostgresStore, EVENT_SELECT};
-use crate::store::claims::{ClaimedEvents, EventClaims};
+use crate::store::claims::{
+    release_previous_run_sql, ClaimedEvents, EventClaims, RELEASE_PREVIOUS_RUN,
+};
 use crate::store::mailboxes::{truncate, Lease};
 use crate::store::{EventState, StoreError, StoredEvent};
 
@@ -266,6 +268,27 @@ impl EventClaims for PostgresStore {
                     .await
                     .map(|changed| changed > 0)
                     .map_err(|e| pg_error("replaying a dead letter", e))
+            })
+        })
+        .await
+    }
+
+    async fn release_leases_of_previous_run(&self, owner_prefix: &str) -> Result<u64, StoreError> {
+        let owner_prefix = owner_prefix.to_string();
+        self.with_aux(|c| {
+            Box::pin(async move {
+                let mut released = 0u64;
+                for table in RELEASE_PREVIOUS_RUN {
+                    released += c
+                        .client
+                        .execute(
+                            &release_previous_run_sql(table, "$1::text"),
+                            &[&owner_prefix],
+                        )
+                        .await
+                        .map_err(|e| pg_error("releasing a previous run's leases", e))?;
+                }
+                Ok(released)
             })
         })
         .await

@@ -7,7 +7,9 @@ use time::OffsetDateTime;
 
 use super::mailboxes::in_transaction;
 use super::{event_columns, sqlite_error, stored_event, SqliteStore, EVENT_COLUMNS};
-use crate::store::claims::{ClaimedEvents, EventClaims};
+use crate::store::claims::{
+    release_previous_run_sql, ClaimedEvents, EventClaims, RELEASE_PREVIOUS_RUN,
+};
 use crate::store::mailboxes::{truncate, Lease};
 use crate::store::timefmt::format_utc;
 use crate::store::{EventState, StoreError, StoredEvent};
@@ -235,6 +237,27 @@ impl EventClaims for SqliteStore {
                     )
                     .map(|changed| changed > 0)
                     .map_err(|e| sqlite_error("replaying a dead letter", e))
+            })
+            .await
+    }
+
+    async fn release_leases_of_previous_run(&self, owner_prefix: &str) -> Result<u64, StoreError> {
+        let owner_prefix = owner_prefix.to_string();
+        self.writer
+            .call(move |connection| {
+                in_transaction(connection, "releasing a previous run's leases", |tx| {
+                    let mut released = 0u64;
+                    for table in RELEASE_PREVIOUS_RUN {
+                        released += tx
+                            .execute(
+                                &release_previous_run_sql(table, "?1"),
+                                params![owner_prefix],
+                            )
+                            .map_err(|e| sqlite_error("releasing a previous run's leases", e))?
+                            as u64;
+                    }
+                    Ok(released)
+                })
             })
             .await
     }
