@@ -14,9 +14,9 @@
 //! with `source = addin`, their items created in the simulator with the reservation id (process
 //! C) and linked by the worker. Then the EWS latency goes to 20 ms and the measured run starts.
 //!
-//! Measurement: change `i` is made at its scheduled time (open loop, `100 * i` ms... every 10 ms)
-//! on mailbox `i mod 1000`, alternating its two items, by the simulator's Outlook verb
-//! (`update_item`: a new subject). Its clock starts just before that call. A watcher thread with
+//! Measurement: change `i` is made at its scheduled time, `i × 10 ms` after the start (open
+//! loop: a slow worker does not slow the changes down), on mailbox `i mod 1000`, alternating its
+//! two items, by the simulator's Outlook verb (`update_item`: a new subject). Its clock starts just before that call. A watcher thread with
 //! its own runtime and its own database connection asks every 5 ms, in one query, for the
 //! versions of the reservations still waiting (`id IN (...)`: a handful of primary-key reads); a
 //! change is done when its reservation's version reached the one the change makes. Its latency
@@ -142,7 +142,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-/// Runs `check` over the pending set until it is empty (bounded by `SETUP_WAIT`).
+/// Asks `done` about each pending entry until none is left (bounded by `SETUP_WAIT`).
 async fn wait_all<T: Clone>(what: &str, mut pending: Vec<T>, mut done: impl AsyncFnMut(T) -> bool) {
     let deadline = Instant::now() + SETUP_WAIT;
     let started = Instant::now();
