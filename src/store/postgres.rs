@@ -274,12 +274,23 @@ fn stored_event(row: &Row) -> Result<StoredEvent, StoreError> {
     })
 }
 
-/// The PostgreSQL store: one connection for commits (the group committer serialises them), one
+/// Connections for everything but ingest's commits. The sync step works on up to 16
+/// subscriptions and 16 outbox rows at once, besides the API, the subscription manager and the
+/// resync; with one connection each of their statements waited for every other's, and a worker
+/// on PostgreSQL fell behind at 100 Outlook changes/s (benches/sync_latency.rs). Concurrent work
+/// on several connections is what several replicas do already: the claims and version guards are
+/// made for it.
+const AUX_CONNECTIONS: usize = 4;
+
+/// The PostgreSQL store: one connection for commits (the group committer serialises them), a few
 /// for everything else.
 pub struct PostgresStore {
     target: PgTarget,
     ingest: Mutex<Option<Connection>>,
-    aux: Mutex<Option<Connection>>,
+    /// `AUX_CONNECTIONS` slots, opened on first use (the first at start); a permit of `aux_free`
+    /// is held while a slot is used, so a holder always finds one unlocked.
+    aux: Vec<Mutex<Option<Connection>>>,
+    aux_free: tokio::sync::Semaphore,
 }
 
 impl PostgresStore {
@@ -297,11 +308,14 @@ impl PostgresStore {
         let mut client = target.connect().await?;
         migrate(&mut client).await?;
         drop(client);
-        let aux = Connection::open(&target).await?;
+        let first = Connection::open(&target).await?;
+        let mut aux = vec![Mutex::new(Some(first))];
+        aux.extend((1..AUX_CONNECTIONS).map(|_| Mutex::new(None)));
         Ok(Self {
             target,
             ingest: Mutex::new(None),
-            aux: Mutex::new(Some(aux)),
+            aux,
+            aux_free: tokio::sync::Semaphore::new(AUX_CONNECTIONS),
         })
     }
 
@@ -311,11 +325,19 @@ impl PostgresStore {
         slot: &'a Mutex<Option<Connection>>,
     ) -> Result<MutexGuard<'a, Option<Connection>>, StoreError> {
         let mut guard = slot.lock().await;
-        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
-            *guard = None;
-            *guard = Some(Connection::open(&self.target).await?);
-        }
+        self.reopen_if_closed(&mut guard).await?;
         Ok(guard)
+    }
+
+    async fn reopen_if_closed(
+        &self,
+        guard: &mut MutexGuard<'_, Option<Connection>>,
+    ) -> Result<(), StoreError> {
+        if guard.as_ref().is_none_or(|c| c.client.is_closed()) {
+            **guard = None;
+            **guard = Some(Connection::open(&self.target).await?);
+        }
+        Ok(())
     }
 
     /// Runs `work` on the auxiliary connection, dropping the connection after a failure that
@@ -328,7 +350,16 @@ impl PostgresStore {
             Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'c>,
         >,
     {
-        let mut guard = self.connected(&self.aux).await?;
+        let _permit = self
+            .aux_free
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // With a permit, at most `AUX_CONNECTIONS - 1` others hold a slot: one is unlocked.
+        let Some(mut guard) = self.aux.iter().find_map(|slot| slot.try_lock().ok()) else {
+            return Err(StoreError::Closed);
+        };
+        self.reopen_if_closed(&mut guard).await?;
         let Some(connection) = guard.as_mut() else {
             return Err(StoreError::Closed);
         };

@@ -1365,7 +1365,19 @@ async fn a_restarted_worker_takes_back_its_previous_runs_leases_only(db: &Db) {
         assert_eq!(resyncs.len(), 1);
         assert_eq!(resyncs[0].address, mailbox);
     }
+    // And a Subscribe call of the dead run on a third mailbox.
+    store
+        .put_mailbox(&put("room3@contoso.com", true), T0)
+        .await
+        .unwrap();
+    let subscribing = store::MailboxState::Subscribing;
+    let dead_call = lease("host:80/run-1-subscribe", T0 + minutes(10));
+    let held = store.begin_subscribe("room3@contoso.com", &dead_call, subscribing, None, T0);
+    assert!(held.await.unwrap().is_some());
     let now = T0 + minutes(1);
+    let retake = lease("host:80/run-2-subscribe", T0 + minutes(10));
+    let again = store.begin_subscribe("room3@contoso.com", &retake, subscribing, None, now);
+    assert!(again.await.unwrap().is_none(), "held by the dead run");
     let newcomer = lease("host:80/run-2-sync", T0 + minutes(10));
     assert!(store
         .claim_events(now, &newcomer, 10, 10)
@@ -1373,13 +1385,13 @@ async fn a_restarted_worker_takes_back_its_previous_runs_leases_only(db: &Db) {
         .unwrap()
         .is_empty());
 
-    // Two events, one outbox row, one resync hold.
+    // Two events, one outbox row, one resync hold, one Subscribe lease.
     assert_eq!(
         store
             .release_leases_of_previous_run("host:80/")
             .await
             .unwrap(),
-        4
+        5
     );
     assert_eq!(
         store
@@ -1388,6 +1400,8 @@ async fn a_restarted_worker_takes_back_its_previous_runs_leases_only(db: &Db) {
             .unwrap(),
         0
     );
+    let again = store.begin_subscribe("room3@contoso.com", &retake, subscribing, None, now);
+    assert!(again.await.unwrap().is_some(), "free after the release");
     let events = store.claim_events(now, &newcomer, 10, 10).await.unwrap();
     let subscriptions: Vec<&str> = events.iter().map(|c| c.subscription_id.as_str()).collect();
     assert_eq!(subscriptions, ["S1"], "S2 stays with the live instance");
@@ -1398,4 +1412,90 @@ async fn a_restarted_worker_takes_back_its_previous_runs_leases_only(db: &Db) {
     let resyncs = store.take_resyncs(now, &newcomer, 10).await.unwrap();
     let mailboxes: Vec<&str> = resyncs.iter().map(|r| r.address.as_str()).collect();
     assert_eq!(mailboxes, ["room1@contoso.com"]);
+}
+
+/// PostgreSQL: a statement of the store waiting for a row lock (held here by another replica's
+/// open transaction) does not hold up the store's other work, which has connections of its own
+/// (with one, every API call and sync step waited behind it). No speed is asserted: the bound
+/// only turns a wait behind the lock into a failure instead of a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_lock_wait_does_not_hold_up_other_work() {
+    let Some(schema) = PgSchema::create("postgres_a_lock_wait_does_not_hold_up_other_work").await
+    else {
+        return;
+    };
+    // A name of its own, to find this store's lock wait among the server's backends.
+    let application = format!("pushgate-lockwait-{}", rand::random::<u32>());
+    let store = store::open(&format!("{}&application_name={application}", schema.url))
+        .await
+        .expect("open store");
+    rooms(&*store).await;
+    let start = T0 + minutes(60);
+    create(
+        &*store,
+        booking("res-a", "room1@contoso.com", start, ChangeSource::Web),
+    )
+    .await;
+    create(
+        &*store,
+        booking("res-b", "room2@contoso.com", start, ChangeSource::Web),
+    )
+    .await;
+
+    let other = schema.client().await;
+    other
+        .batch_execute("BEGIN; SELECT id FROM reservations WHERE id = 'res-a' FOR UPDATE")
+        .await
+        .unwrap();
+    let waiting = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .change_reservation("res-a", &subject("after the lock"), ChangeSource::Web, T0)
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waits: i64 = other
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                &[&application],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waits > 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the change never waited for the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // Below the store's own 20 s statement bound, which would end the wait by itself.
+    let bound = std::time::Duration::from_secs(10);
+    let read = tokio::time::timeout(bound, store.reservation("res-b"))
+        .await
+        .expect("a read waited behind another statement's lock wait")
+        .unwrap()
+        .expect("res-b exists");
+    assert_eq!(read.version, 1);
+    let changed = tokio::time::timeout(
+        bound,
+        store.change_reservation("res-b", &subject("meanwhile"), ChangeSource::Web, T0),
+    )
+    .await
+    .expect("a change waited behind another statement's lock wait")
+    .unwrap();
+    assert_eq!(changed.reservation.version, 2);
+    assert!(!waiting.is_finished(), "the lock is still held");
+
+    other.batch_execute("COMMIT").await.unwrap();
+    let after = waiting.await.unwrap().unwrap();
+    assert_eq!(after.reservation.subject, "after the lock");
+    assert_eq!(after.reservation.version, 2);
 }
