@@ -89,10 +89,10 @@ pub trait EventClaims: Send + Sync {
     async fn replay_event(&self, id: i64) -> Result<bool, StoreError>;
 
     /// Ends every lease an earlier run of this worker instance left behind: claims on events,
-    /// outbox leases, mailbox leases and resync holds whose owner starts with `owner_prefix`. A worker killed
-    /// without the chance to release them would otherwise hold them until they expire (minutes),
-    /// and its subscriptions, writes and Subscribe calls would wait that long after a restart.
-    /// Returns how many rows were released.
+    /// outbox leases, mailbox leases and resync holds whose owner starts with `owner_prefix`. A
+    /// worker killed without the chance to release them would otherwise hold them until they
+    /// expire (minutes), and its subscriptions, writes and Subscribe calls would wait that long
+    /// after a restart. Returns how many rows were released.
     async fn release_leases_of_previous_run(&self, owner_prefix: &str) -> Result<u64, StoreError>;
 }
 
