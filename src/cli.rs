@@ -301,6 +301,13 @@ pub fn main() -> ExitCode {
                 Ok(config) => config,
                 Err(code) => return code,
             };
+            // What would stop the worker's start at the database: a bad sslmode, a missing
+            // CA file (never connecting: the check runs anywhere).
+            #[cfg(feature = "worker")]
+            if let Err(error) = crate::store::check_database_url(&config.worker.database_url) {
+                eprintln!("pushgate: worker.database_url: {error}");
+                return ExitCode::from(2);
+            }
             // The printed configuration is often pasted into tickets: no database password.
             #[cfg(feature = "worker")]
             {

@@ -91,6 +91,35 @@ fn config_check_shows_the_database_password_as_stars() {
     );
 }
 
+#[cfg(feature = "worker")]
+#[test]
+fn config_check_finds_what_would_stop_the_worker_at_its_database() {
+    for (url, expected) in [
+        (
+            "postgres://app:Secr3t-pw@db.example.net/pushgate?sslmode=verify-everything",
+            "sslmode",
+        ),
+        (
+            "postgres://app:Secr3t-pw@db.example.net/pushgate?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            "/nonexistent/ca.pem",
+        ),
+        ("sqlite://", "sqlite:// needs a file path"),
+    ] {
+        let output = pushgate()
+            .args(["config", "check"])
+            .env("PUSHGATE__WORKER__DATABASE_URL", url)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{url}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("worker.database_url"), "{stderr}");
+        assert!(stderr.contains(expected), "{url}: {stderr}");
+        assert!(!stderr.contains("Secr3t-pw"), "no password: {stderr}");
+        assert!(output.stdout.is_empty(), "nothing printed as if it were fine");
+    }
+}
+
 #[test]
 fn usage_errors_exit_1_and_help_exits_0() {
     assert_eq!(

@@ -364,24 +364,48 @@ impl<T: EventStore + MailboxStore + ReservationStore + EventClaims + ?Sized> Sto
 /// Opens the store `database_url` names (`sqlite://PATH` or `postgres://...`) and runs its
 /// migrations.
 pub async fn open(database_url: &str) -> Result<Arc<dyn Store>, StoreError> {
-    if let Some(path) = database_url.strip_prefix("sqlite://") {
-        // An empty path or `:memory:` would give SQLite a database that vanishes with the
-        // process: nothing acknowledged may live there.
-        if path.is_empty() || path.starts_with(":memory:") {
-            return Err(StoreError::Config(
-                "sqlite:// needs a file path (sqlite://data/pushgate.db, sqlite:///var/lib/...)"
-                    .to_string(),
-            ));
+    match DatabaseUrl::parse(database_url)? {
+        DatabaseUrl::Sqlite(path) => Ok(Arc::new(SqliteStore::open(path).await?)),
+        DatabaseUrl::Postgres => Ok(Arc::new(PostgresStore::connect(database_url).await?)),
+    }
+}
+
+/// Checks `database_url` as [`open`] reads it, without connecting: the scheme, the SQLite path,
+/// and for PostgreSQL the URL's options, `sslmode` and `sslrootcert` (the CA file is read), so
+/// that `pushgate config check` finds what would stop the worker's start.
+pub fn check_database_url(database_url: &str) -> Result<(), StoreError> {
+    if let DatabaseUrl::Postgres = DatabaseUrl::parse(database_url)? {
+        postgres::connect::PgTarget::parse(database_url)?;
+    }
+    Ok(())
+}
+
+enum DatabaseUrl<'a> {
+    Sqlite(&'a std::path::Path),
+    Postgres,
+}
+
+impl<'a> DatabaseUrl<'a> {
+    fn parse(database_url: &'a str) -> Result<Self, StoreError> {
+        if let Some(path) = database_url.strip_prefix("sqlite://") {
+            // An empty path or `:memory:` would give SQLite a database that vanishes with the
+            // process: nothing acknowledged may live there.
+            if path.is_empty() || path.starts_with(":memory:") {
+                return Err(StoreError::Config(
+                    "sqlite:// needs a file path (sqlite://data/pushgate.db, sqlite:///var/lib/...)"
+                        .to_string(),
+                ));
+            }
+            Ok(Self::Sqlite(std::path::Path::new(path)))
+        } else if database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://")
+        {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Config(
+                "must start with sqlite:// or postgres://".to_string(),
+            ))
         }
-        let store = SqliteStore::open(std::path::Path::new(path)).await?;
-        Ok(Arc::new(store))
-    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        let store = PostgresStore::connect(database_url).await?;
-        Ok(Arc::new(store))
-    } else {
-        Err(StoreError::Config(
-            "must start with sqlite:// or postgres://".to_string(),
-        ))
     }
 }
 

@@ -46,6 +46,17 @@ pub struct PrivatePostgres {
     pub port: u16,
     dir: tempfile::TempDir,
     log: PathBuf,
+    /// How the postmaster was started, to start it again ([`PrivatePostgres::start_again`]).
+    launch: Launch,
+}
+
+/// The postmaster's command line and owner.
+#[derive(Debug, Clone)]
+struct Launch {
+    bindir: PathBuf,
+    owner: Option<(u32, u32)>,
+    data: PathBuf,
+    settings: Vec<String>,
 }
 
 impl PrivatePostgres {
@@ -131,8 +142,6 @@ impl PrivatePostgres {
         };
         write_private(&data.join("pg_hba.conf"), &hba, owner);
         let port = free_port();
-        let mut command = Command::new(bindir.join("postgres"));
-        command.arg("-D").arg(&data).args(["-p", &port.to_string()]);
         let mut settings = vec![
             "listen_addresses=127.0.0.1".to_string(),
             "unix_socket_directories=".to_string(),
@@ -156,36 +165,20 @@ impl PrivatePostgres {
         } else {
             settings.push("ssl=off".to_string());
         }
-        for setting in &settings {
-            command.arg("-c").arg(setting);
-        }
-
         let log = dir.path().join("server.log");
-        let log_file = std::fs::File::create(&log).expect("server log");
-        let log_err = log_file.try_clone().expect("server log");
-        command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file)
-            .stderr(log_err)
-            .as_owner(owner);
-        // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
-        unsafe {
-            command.pre_exec(|| {
-                // Should this test process die without dropping the fixture (killed), the
-                // server shuts down at once instead of lingering on its port.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let postmaster = command.spawn().expect("starting postgres");
+        let launch = Launch {
+            bindir: bindir.to_path_buf(),
+            owner,
+            data,
+            settings,
+        };
+        let postmaster = launch.spawn(port, dir.path(), &log);
         let mut server = PrivatePostgres {
             postmaster,
             port,
             dir,
             log,
+            launch,
         };
         // On failure `server` is dropped: stopped, its files removed.
         server.wait_until_ready(bindir).map(|()| server)
@@ -221,6 +214,28 @@ impl PrivatePostgres {
         }
     }
 
+    /// Stops the server as an outage would (its data kept): connections are cut, nothing answers
+    /// on the port until [`PrivatePostgres::start_again`].
+    pub fn stop_keeping_data(&mut self) {
+        // The server commits without waiting for the disk (a test setting): an immediate
+        // shutdown would lose acknowledged commits, which a real outage of a durable server
+        // does not.
+        self.stop_with(libc::SIGINT);
+    }
+
+    /// Starts the stopped server again on the same port and data; returns once it accepts
+    /// connections.
+    pub fn start_again(&mut self) {
+        if let Ok(None) = self.postmaster.try_wait() {
+            return;
+        }
+        self.postmaster = self.launch.spawn(self.port, self.dir.path(), &self.log);
+        let bindir = self.launch.bindir.clone();
+        if let Err(why) = self.wait_until_ready(&bindir) {
+            panic!("the private PostgreSQL did not start again: {why}");
+        }
+    }
+
     /// The end of the server's log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -251,15 +266,16 @@ impl PrivatePostgres {
         )
     }
 
-    fn stop(&mut self) {
+    /// SIGQUIT: immediate shutdown, for a server whose data is thrown away; SIGINT: fast
+    /// shutdown (connections cut, committed data written out), for one started again.
+    fn stop_with(&mut self, signal: libc::c_int) {
         if let Ok(Some(_)) = self.postmaster.try_wait() {
             return;
         }
         let pid = self.postmaster.id() as libc::pid_t;
-        // SIGQUIT: immediate shutdown (the data is thrown away anyway).
         // SAFETY: plain kill(2) on our own child's pid.
         unsafe {
-            libc::kill(pid, libc::SIGQUIT);
+            libc::kill(pid, signal);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -273,9 +289,47 @@ impl PrivatePostgres {
     }
 }
 
+impl Launch {
+    /// Starts the postmaster on `port`, its output appended to `log`.
+    fn spawn(&self, port: u16, dir: &Path, log: &Path) -> Child {
+        let mut command = Command::new(self.bindir.join("postgres"));
+        command
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-p", &port.to_string()]);
+        for setting in &self.settings {
+            command.arg("-c").arg(setting);
+        }
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("server log");
+        let log_err = log_file.try_clone().expect("server log");
+        command
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(log_file)
+            .stderr(log_err)
+            .as_owner(self.owner);
+        // SAFETY: prctl is async-signal-safe and the closure allocates nothing.
+        unsafe {
+            command.pre_exec(|| {
+                // Should this test process die without dropping the fixture (killed), the
+                // server shuts down at once instead of lingering on its port.
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        command.spawn().expect("starting postgres")
+    }
+}
+
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
-        self.stop();
+        self.stop_with(libc::SIGQUIT);
         // `dir` (a TempDir) is removed after this, with the data and certificates in it.
     }
 }

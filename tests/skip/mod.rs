@@ -1,5 +1,5 @@
-//! Tests that need something this machine may lack (PostgreSQL, `xmllint`, the EWS schema, leave
-//! to stop the PostgreSQL cluster) say so instead of passing quietly: without
+//! Tests that need something this machine may lack (PostgreSQL, its server binaries, `xmllint`,
+//! the EWS schema) say so instead of passing quietly: without
 //! `PUSHGATE_REQUIRE_ALL=1` a test that cannot run prints `SKIPPED: <test>: <why>` straight to
 //! stderr (libtest captures only the print macros) and adds a line to this `cargo test` run's
 //! skip log, which `tests/zz_skip_summary.rs` counts at the end; with it, the test fails.
@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 
 /// `1` turns every skip into a failure (`.ci/run` sets it).
 pub const REQUIRE_ALL: &str = "PUSHGATE_REQUIRE_ALL";
-/// `1` lets `tests/store_failure_postgres.rs` stop and restart the machine's PostgreSQL cluster.
-pub const STOP_POSTGRES: &str = "PUSHGATE_STOP_POSTGRES";
 /// Where the EWS schema is, when not in `../shared/ews-schema`.
 pub const SCHEMA_DIR: &str = "PUSHGATE_EWS_SCHEMA_DIR";
 
@@ -146,17 +144,6 @@ pub fn xmllint() -> bool {
             false
         }
     }
-}
-
-/// Whether `variable` is `1`, the explicit leave to do something that disturbs others
-/// (`what`); skips when it is not.
-#[track_caller]
-pub fn opted_in(variable: &str, what: &str) -> bool {
-    if flag(variable) {
-        return true;
-    }
-    skip(format!("{what}: runs only with {variable}=1"));
-    false
 }
 
 /// Whether a connection error means "nothing listens there" (refused, or no such socket file),
