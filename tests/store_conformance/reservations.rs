@@ -67,6 +67,20 @@ async fn create(store: &dyn store::Store, new: NewReservation) -> store::Reserva
     store.create_reservation(&new, T0).await.expect("created")
 }
 
+/// Web bookings `res-a` in room1 and `res-b` in room2, both from `start`.
+async fn web_bookings_a_and_b(store: &dyn store::Store, start: OffsetDateTime) {
+    create(
+        store,
+        booking("res-a", "room1@contoso.com", start, ChangeSource::Web),
+    )
+    .await;
+    create(
+        store,
+        booking("res-b", "room2@contoso.com", start, ChangeSource::Web),
+    )
+    .await;
+}
+
 fn subject(text: &str) -> ReservationChange {
     ReservationChange {
         subject: Some(text.into()),
@@ -472,16 +486,7 @@ async fn outbox_claims_one_row_per_reservation_oldest_first(db: &Db) {
     let store = db.open().await;
     rooms(&*store).await;
     let start = datetime!(2026-12-02 08:00 UTC);
-    create(
-        &*store,
-        booking("res-a", "room1@contoso.com", start, ChangeSource::Web),
-    )
-    .await;
-    create(
-        &*store,
-        booking("res-b", "room2@contoso.com", start, ChangeSource::Web),
-    )
-    .await;
+    web_bookings_a_and_b(&*store, start).await;
     create(
         &*store,
         booking("res-addin", "room1@contoso.com", start, ChangeSource::Addin),
@@ -1335,16 +1340,7 @@ async fn a_restarted_worker_takes_back_its_previous_runs_leases_only(db: &Db) {
             .unwrap();
     }
     let start = datetime!(2026-12-02 08:00 UTC);
-    create(
-        &*store,
-        booking("res-a", "room1@contoso.com", start, ChangeSource::Web),
-    )
-    .await;
-    create(
-        &*store,
-        booking("res-b", "room2@contoso.com", start, ChangeSource::Web),
-    )
-    .await;
+    web_bookings_a_and_b(&*store, start).await;
     for address in ["room1@contoso.com", "room2@contoso.com"] {
         assert!(store.request_resync(address, T0).await.unwrap());
     }
@@ -1431,16 +1427,7 @@ async fn postgres_a_lock_wait_does_not_hold_up_other_work() {
         .expect("open store");
     rooms(&*store).await;
     let start = T0 + minutes(60);
-    create(
-        &*store,
-        booking("res-a", "room1@contoso.com", start, ChangeSource::Web),
-    )
-    .await;
-    create(
-        &*store,
-        booking("res-b", "room2@contoso.com", start, ChangeSource::Web),
-    )
-    .await;
+    web_bookings_a_and_b(&*store, start).await;
 
     let other = schema.client().await;
     other
