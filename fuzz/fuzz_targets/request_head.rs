@@ -4,11 +4,12 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use pushgate::endpoint::{is_notification_path, is_tenant_name};
 use pushgate::gateway::listener::MAX_HEAD_BYTES;
 use pushgate::gateway::reject::Reject;
 use pushgate::gateway::rules::{
-    check_line_endings, is_notification_path, is_tenant_name, route, split_target, version_refusal,
-    BodyFraming, Head, Route, RulePolicy, HEALTH_PATH,
+    check_line_endings, route, split_target, version_refusal, BodyFraming, Head, Route, RulePolicy,
+    HEALTH_PATH,
 };
 
 /// As many as the listener reads.
