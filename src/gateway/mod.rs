@@ -348,47 +348,67 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
     })
 }
 
-fn spawn_cert_watcher(
-    mut watcher: CertWatcher,
+/// Every `interval`, runs `check` on `state` off the runtime's worker threads (it reads files)
+/// and hands its outcome to `react`. Stops, saying so, only if `check` panicked.
+fn spawn_file_poll<S, O>(
+    what: &'static str,
     interval: Duration,
-    metrics: GatewayMetrics,
-) -> JoinHandle<()> {
+    mut state: S,
+    check: fn(&mut S) -> O,
+    mut react: impl FnMut(&S, O) + Send + 'static,
+) -> JoinHandle<()>
+where
+    S: Send + 'static,
+    O: Send + 'static,
+{
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            // Reading files blocks; keep it off the runtime's worker threads.
             let checked = tokio::task::spawn_blocking(move || {
-                let outcome = watcher.check();
-                (watcher, outcome)
+                let outcome = check(&mut state);
+                (state, outcome)
             })
             .await;
-            let outcome = match checked {
+            match checked {
                 Ok((returned, outcome)) => {
-                    watcher = returned;
-                    outcome
+                    state = returned;
+                    react(&state, outcome);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "certificate watcher stopped");
+                    tracing::error!(error = %e, "{what} stopped");
                     return;
-                }
-            };
-            match outcome {
-                CertCheck::Unchanged => {}
-                CertCheck::Reloaded => {
-                    metrics.tls_reloads.with_label_values(&["reloaded"]).inc();
-                    metrics.tls_certificate_loaded_timestamp.set(unix_now());
-                    set_expiry(&metrics, tls::expiry_timestamp(&watcher.current()));
-                    tracing::info!("TLS certificate reloaded");
-                }
-                CertCheck::Refused(e) => {
-                    metrics.tls_reloads.with_label_values(&["refused"]).inc();
-                    tracing::error!(error = %e, "new TLS certificate refused; the previous one stays in use");
                 }
             }
         }
     })
+}
+
+fn spawn_cert_watcher(
+    watcher: CertWatcher,
+    interval: Duration,
+    metrics: GatewayMetrics,
+) -> JoinHandle<()> {
+    spawn_file_poll(
+        "certificate watcher",
+        interval,
+        watcher,
+        CertWatcher::check,
+        move |watcher, outcome| match outcome {
+            CertCheck::Unchanged => {}
+            CertCheck::Reloaded => {
+                metrics.tls_reloads.with_label_values(&["reloaded"]).inc();
+                metrics.tls_certificate_loaded_timestamp.set(unix_now());
+                set_expiry(&metrics, tls::expiry_timestamp(&watcher.current()));
+                tracing::info!("TLS certificate reloaded");
+            }
+            CertCheck::Refused(e) => {
+                metrics.tls_reloads.with_label_values(&["refused"]).inc();
+                tracing::error!(error = %e, "new TLS certificate refused; the previous one stays in use");
+            }
+        },
+    )
 }
 
 /// Shows what the ranges updater recorded in its state directory (same host, same working
@@ -398,21 +418,13 @@ fn spawn_updater_watcher(
     interval: Duration,
     metrics: UpdaterMetrics,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(interval.max(Duration::from_millis(100)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let state = state.clone();
-            match tokio::task::spawn_blocking(move || state.run_record()).await {
-                Ok(record) => metrics.set(&record),
-                Err(e) => {
-                    tracing::error!(error = %e, "ranges updater watcher stopped");
-                    return;
-                }
-            }
-        }
-    })
+    spawn_file_poll(
+        "ranges updater watcher",
+        interval.max(Duration::from_millis(100)),
+        state,
+        |state| state.run_record(),
+        move |_, record| metrics.set(&record),
+    )
 }
 
 fn set_expiry(metrics: &GatewayMetrics, expiry: Option<i64>) {
@@ -426,40 +438,24 @@ fn set_expiry(metrics: &GatewayMetrics, expiry: Option<i64>) {
 
 /// Re-reads the upstream token file when it changes: forwarded requests carry the new token from
 /// then on (the worker accepts the previous one for `[worker] token_grace`).
-fn spawn_token_watcher(mut file: TokenFile, authorization: Arc<ArcSwap<String>>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(crate::token_file::CHECK_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            let checked = tokio::task::spawn_blocking(move || {
-                let outcome = file.check();
-                (file, outcome)
-            })
-            .await;
-            let outcome = match checked {
-                Ok((returned, outcome)) => {
-                    file = returned;
-                    outcome
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "token watcher stopped");
-                    return;
-                }
-            };
-            match outcome {
-                TokenCheck::Unchanged => {}
-                TokenCheck::Rotated(token) => {
-                    authorization.store(Arc::new(format!("Bearer {token}")));
-                    tracing::info!("upstream token file changed; forwarding with the new token");
-                }
-                TokenCheck::Refused(e) => tracing::error!(
-                    error = %e,
-                    "new upstream token refused; the previous one stays in use"
-                ),
+fn spawn_token_watcher(file: TokenFile, authorization: Arc<ArcSwap<String>>) -> JoinHandle<()> {
+    spawn_file_poll(
+        "token watcher",
+        crate::token_file::CHECK_INTERVAL,
+        file,
+        TokenFile::check,
+        move |_, outcome| match outcome {
+            TokenCheck::Unchanged => {}
+            TokenCheck::Rotated(token) => {
+                authorization.store(Arc::new(format!("Bearer {token}")));
+                tracing::info!("upstream token file changed; forwarding with the new token");
             }
-        }
-    })
+            TokenCheck::Refused(e) => tracing::error!(
+                error = %e,
+                "new upstream token refused; the previous one stays in use"
+            ),
+        },
+    )
 }
 
 fn unix_now() -> i64 {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
 
 use super::skip;
+use super::worker_support::free_port;
 
 /// Where the server binaries are, when not in Debian's `/usr/lib/postgresql/<version>/bin`.
 pub const BINDIR: &str = "PUSHGATE_POSTGRES_BINDIR";
@@ -407,13 +408,6 @@ fn write_private(path: &Path, contents: &str, owner: Option<(u32, u32)>) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
     chown(path, owner);
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("free loopback port")
 }
 
 fn ca(name: &str) -> rcgen::CertifiedIssuer<'static, KeyPair> {
