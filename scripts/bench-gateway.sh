@@ -116,6 +116,7 @@ upstream_token_file = "$DIR/token"
 trusted_proxies = ["$BALANCER"]
 access_log = "$DIR/pushgate-access.log"
 max_connections = 8192
+threads = ${GATEWAY_THREADS:-0}
 # The limits stay on (their cost is measured) but far above this load from one address.
 rate_limit_per_source = 1000000000
 rate_limit_burst = 1000000000

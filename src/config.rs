@@ -82,7 +82,7 @@ pub struct GatewayConfig {
     pub shutdown_grace: Duration,
     /// Access log destination: `stdout`, `off`, or a file path (JSON lines, appended).
     pub access_log: String,
-    /// Worker threads of the gateway's runtime; 0 means one per core.
+    /// Serving threads of the gateway, each a single-threaded runtime; 0 means one per core.
     pub threads: usize,
     /// Requests served on one connection from a `trusted_proxies` address (a pooling load
     /// balancer); 1 turns keep-alive off. Every other source gets one request per connection.

@@ -163,6 +163,10 @@ pub async fn accept_loop(
             serve_connection(tcp, peer, class, tls, &shared, &proxy, &shutdown).await;
             shared.metrics.connections_active.dec();
         });
+        // One connection per turn, as nginx without `multi_accept`: the connections this runtime
+        // already serves run before it takes another, so a busy runtime leaves the next ones to
+        // an idle one instead of queueing handshakes behind each other.
+        tokio::task::yield_now().await;
     }
 }
 

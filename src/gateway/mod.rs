@@ -164,6 +164,62 @@ impl GatewayHandle {
     }
 }
 
+/// What every accept loop of the gateway is started with.
+struct ServeSpec<'a> {
+    runtimes: &'a [tokio::runtime::Handle],
+    shared: &'a Arc<Shared>,
+    proxy_logic: &'a GatewayProxy,
+    server_conf: &'a Arc<ServerConf>,
+    connections: &'a Arc<Semaphore>,
+    shutdown: &'a watch::Receiver<bool>,
+}
+
+impl ServeSpec<'_> {
+    /// One accept loop per serving runtime on the same listening socket: the kernel hands each
+    /// connection to one of them, and it is served there to the end, with no task moving between
+    /// threads (as nginx's workers, or pingora without work stealing). Each runtime has its own
+    /// proxy, so the pooled connections to the worker it reuses are registered with its own
+    /// event loop.
+    fn spawn_accept_loops(
+        &self,
+        listener: TcpListener,
+        tls: Option<Arc<Acceptor>>,
+    ) -> anyhow::Result<Vec<JoinHandle<()>>> {
+        let listener = listener
+            .into_std()
+            .context("taking the listening socket off the runtime")?;
+        let mut tasks = Vec::with_capacity(self.runtimes.len());
+        for runtime in self.runtimes {
+            let socket = listener
+                .try_clone()
+                .context("sharing the listening socket")?;
+            let proxy = Arc::new(pingora_proxy::http_proxy(
+                self.server_conf,
+                self.proxy_logic.clone(),
+            ));
+            let (shared, connections, shutdown, tls) = (
+                self.shared.clone(),
+                self.connections.clone(),
+                self.shutdown.clone(),
+                tls.clone(),
+            );
+            tasks.push(runtime.spawn(async move {
+                // Registered with the event loop of the runtime that runs this loop.
+                let listener = match TcpListener::from_std(socket) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "listening socket refused by a serving runtime");
+                        return;
+                    }
+                };
+                let spec = listener::ListenerSpec { listener, tls };
+                listener::accept_loop(spec, shared, proxy, connections, shutdown).await;
+            }));
+        }
+        Ok(tasks)
+    }
+}
+
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
@@ -172,6 +228,18 @@ async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Starts every part of the gateway on the current tokio runtime. Addresses may use port 0.
 pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
+    start_on(config, &[tokio::runtime::Handle::current()]).await
+}
+
+/// Starts the gateway: its connections are served on `serving` (each runtime accepts from the
+/// same listening sockets and keeps its own pool of connections to the worker), its watchers and
+/// metrics listener on the current runtime.
+pub async fn start_on(
+    config: &Config,
+    serving: &[tokio::runtime::Handle],
+) -> anyhow::Result<GatewayHandle> {
+    tls::install_process_provider();
+    anyhow::ensure!(!serving.is_empty(), "no runtime to serve connections on");
     let g = &config.gateway;
     let upstream = parse_upstream(&g.upstream).map_err(anyhow::Error::msg)?;
     let (token_file, token) = TokenFile::open(&g.upstream_token_file)?;
@@ -210,6 +278,8 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         })),
     });
 
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let connections = Arc::new(Semaphore::new(g.max_connections));
     let authorization = Arc::new(ArcSwap::from_pointee(format!("Bearer {token}")));
     let proxy_logic = GatewayProxy {
         shared: shared.clone(),
@@ -219,13 +289,21 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         upstream_connect_timeout: g.upstream_connect_timeout,
     };
     let server_conf = Arc::new(ServerConf::default());
-    let proxy = Arc::new(pingora_proxy::http_proxy(&server_conf, proxy_logic));
+    let serve = ServeSpec {
+        runtimes: serving,
+        shared: &shared,
+        proxy_logic: &proxy_logic,
+        server_conf: &server_conf,
+        connections: &connections,
+        shutdown: &shutdown_rx,
+    };
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let connections = Arc::new(Semaphore::new(g.max_connections));
     let mut accept_tasks = Vec::new();
     let mut background = Vec::new();
 
+    // Bound first, served last: a connection is accepted only once every other part (metrics,
+    // watchers) is up, and nothing is left serving if one of them fails to start.
+    let mut listeners = Vec::new();
     let mut tls_addr = None;
     if !g.listen.is_empty() {
         let key = tls::load_certified_key(&g.tls_cert, &g.tls_key)
@@ -238,16 +316,7 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         let acceptor = Arc::new(Acceptor::from_server_config(server_config));
         let listener = bind(&g.listen, "TLS").await?;
         tls_addr = Some(listener.local_addr()?);
-        accept_tasks.push(tokio::spawn(listener::accept_loop(
-            listener::ListenerSpec {
-                listener,
-                tls: Some(acceptor),
-            },
-            shared.clone(),
-            proxy.clone(),
-            connections.clone(),
-            shutdown_rx.clone(),
-        )));
+        listeners.push((listener, Some(acceptor)));
         background.push(spawn_cert_watcher(
             CertWatcher::new(resolver, g.tls_cert.clone(), g.tls_key.clone()),
             g.tls_reload_interval,
@@ -258,16 +327,7 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
     if !g.plain_listen.is_empty() {
         let listener = bind(&g.plain_listen, "plain HTTP").await?;
         plain_addr = Some(listener.local_addr()?);
-        accept_tasks.push(tokio::spawn(listener::accept_loop(
-            listener::ListenerSpec {
-                listener,
-                tls: None,
-            },
-            shared.clone(),
-            proxy.clone(),
-            connections.clone(),
-            shutdown_rx.clone(),
-        )));
+        listeners.push((listener, None));
     }
 
     let (metrics_listener, metrics_addr) = crate::metrics::bind(&g.metrics_listen)
@@ -324,6 +384,9 @@ pub async fn start(config: &Config) -> anyhow::Result<GatewayHandle> {
         },
     ));
 
+    for (listener, tls) in listeners {
+        accept_tasks.extend(serve.spawn_accept_loops(listener, tls)?);
+    }
     tracing::info!(
         tls = tls_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         plain = plain_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
@@ -472,17 +535,63 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     } else {
         config.gateway.threads
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    let serving = ServingThreads::start(threads)?;
+    // The watchers, the metrics listener and the signal handling: light work, one thread.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .thread_name("pushgate-gateway")
         .build()
         .context("building the runtime")?;
-    runtime.block_on(async {
-        let handle = start(&config).await?;
+    let outcome = runtime.block_on(async {
+        let handle = start_on(&config, &serving.handles).await?;
         crate::telemetry::wait_for_shutdown_signal().await;
         tracing::info!("shutting down");
         handle.shutdown().await;
-        Ok(())
-    })
+        anyhow::Ok(())
+    });
+    serving.stop();
+    outcome
+}
+
+/// Threads that each drive a single-threaded runtime serving connections. A connection never
+/// leaves the thread that accepted it: no work stealing between cores, no wake-up sent to
+/// another core for a task's next step.
+struct ServingThreads {
+    handles: Vec<tokio::runtime::Handle>,
+    stop: Vec<tokio::sync::oneshot::Sender<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl ServingThreads {
+    fn start(count: usize) -> anyhow::Result<Self> {
+        let mut serving = ServingThreads {
+            handles: Vec::new(),
+            stop: Vec::new(),
+            threads: Vec::new(),
+        };
+        for index in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building a serving runtime")?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            serving.handles.push(runtime.handle().clone());
+            serving.stop.push(stop);
+            let thread = std::thread::Builder::new()
+                .name(format!("pushgate-gw-{index}"))
+                .spawn(move || {
+                    let _ = runtime.block_on(stopped);
+                })
+                .context("starting a serving thread")?;
+            serving.threads.push(thread);
+        }
+        Ok(serving)
+    }
+
+    /// Ends every serving runtime (after the gateway's own graceful shutdown).
+    fn stop(self) {
+        drop(self.stop);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
 }

@@ -70,7 +70,9 @@ pub struct RequestCtx {
     failure: Option<(u16, &'static str, &'static str)>,
 }
 
-/// The gateway's proxy logic; one instance serves every admitted request.
+/// The gateway's proxy logic; one copy per serving runtime, each with its own pool of
+/// connections to the worker.
+#[derive(Clone)]
 pub struct GatewayProxy {
     pub(super) shared: Arc<Shared>,
     pub(super) upstream: SocketAddr,

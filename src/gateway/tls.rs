@@ -33,8 +33,15 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
+/// With two providers compiled in, rustls has no process default, and pingora builds its (unused)
+/// upstream TLS connector from the default: name ring, which the clients have always used. The
+/// gateway's own listener names aws-lc-rs explicitly. A default already installed is kept.
+pub fn install_process_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 /// Loads a PEM certificate chain and private key and checks that they belong together.
@@ -116,7 +123,7 @@ pub fn server_config(resolver: Arc<ReloadingCertResolver>) -> Result<Arc<ServerC
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Config)?;
     Ok(Arc::new(config))
 }
 
