@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use tokio::io::AsyncWriteExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_worker_gives_502() {
@@ -83,4 +84,55 @@ async fn shutdown_lets_the_request_in_flight_finish() {
         tokio::net::TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+/// As `pushgate gateway` runs: connections served on two threads of their own, each with its own
+/// pool of connections to the worker. Every notification of many sent at once, on new
+/// connections and on a balancer's kept-alive ones, reaches the worker exactly once and is
+/// answered with the worker's answer; shutdown still lets the gateway end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_serving_thread_forwards_with_its_own_pool() {
+    let h = Harness::with(Options {
+        serving_threads: 2,
+        ..Options::default()
+    })
+    .await;
+    let body = fixture("exo-capture.xml");
+    let sent = 48;
+    let mut tasks = Vec::new();
+    for _ in 0..sent {
+        let target = h.target(ALLOWED);
+        let request =
+            pushgate::exchange_sim::client::notification_request(LEGACY_PATH, "localhost", &body);
+        tasks.push(tokio::spawn(async move {
+            pushgate::exchange_sim::client::exchange(&target, &request, TIMEOUT).await
+        }));
+    }
+    for task in tasks {
+        let response = task.await.unwrap().unwrap();
+        assert_eq!(response.status, 200, "{response:?}");
+    }
+    // A balancer's kept-alive connection: several requests in turn, each forwarded.
+    let mut stream = pushgate::exchange_sim::client::connect(&h.target(PROXY))
+        .await
+        .unwrap();
+    let mut reader = AnswerReader::default();
+    for _ in 0..5 {
+        stream
+            .write_all(&balancer_request("40.92.0.1", &body))
+            .await
+            .unwrap();
+        let answer = reader.next(&mut stream).await.expect("an answer");
+        assert_eq!(answer.status, 200);
+    }
+    h.upstream.wait_for_requests(sent + 5).await;
+    let requests = h.upstream.requests();
+    assert_eq!(requests.len(), sent + 5, "each notification forwarded once");
+    assert!(requests.iter().all(|r| r.body == body));
+    h.wait_metric(
+        r#"pushgate_gateway_requests_total{outcome="forwarded",reason="ok"}"#,
+        (sent + 5) as f64,
+    )
+    .await;
+    h.stop().await;
 }

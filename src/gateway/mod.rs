@@ -542,7 +542,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()
         .context("building the runtime")?;
     let outcome = runtime.block_on(async {
-        let handle = start_on(&config, &serving.handles).await?;
+        let handle = start_on(&config, serving.handles()).await?;
         crate::telemetry::wait_for_shutdown_signal().await;
         tracing::info!("shutting down");
         handle.shutdown().await;
@@ -555,14 +555,15 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 /// Threads that each drive a single-threaded runtime serving connections. A connection never
 /// leaves the thread that accepted it: no work stealing between cores, no wake-up sent to
 /// another core for a task's next step.
-struct ServingThreads {
+pub struct ServingThreads {
     handles: Vec<tokio::runtime::Handle>,
     stop: Vec<tokio::sync::oneshot::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl ServingThreads {
-    fn start(count: usize) -> anyhow::Result<Self> {
+    /// Starts `count` serving threads (at least one).
+    pub fn start(count: usize) -> anyhow::Result<Self> {
         let mut serving = ServingThreads {
             handles: Vec::new(),
             stop: Vec::new(),
@@ -587,8 +588,14 @@ impl ServingThreads {
         Ok(serving)
     }
 
-    /// Ends every serving runtime (after the gateway's own graceful shutdown).
-    fn stop(self) {
+    /// The runtimes to pass to [`start_on`].
+    pub fn handles(&self) -> &[tokio::runtime::Handle] {
+        &self.handles
+    }
+
+    /// Ends every serving runtime (after the gateway's own graceful shutdown); blocks until
+    /// their threads have ended.
+    pub fn stop(self) {
         drop(self.stop);
         for thread in self.threads {
             let _ = thread.join();

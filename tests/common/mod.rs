@@ -276,6 +276,9 @@ pub struct Options {
     pub keepalive_idle_timeout: Duration,
     /// Access log destination; `None`: `access.log` in the harness directory.
     pub access_log: Option<String>,
+    /// Serve connections on this many threads of their own, as `pushgate gateway` does; 0: on
+    /// the test's runtime.
+    pub serving_threads: usize,
 }
 
 impl Default for Options {
@@ -297,6 +300,7 @@ impl Default for Options {
             keepalive_max_requests: 1000,
             keepalive_idle_timeout: Duration::from_secs(75),
             access_log: None,
+            serving_threads: 0,
         }
     }
 }
@@ -305,6 +309,7 @@ impl Default for Options {
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub gateway: Option<GatewayHandle>,
+    serving: Option<gateway::ServingThreads>,
     pub upstream: CountingUpstream,
     pub ca_pem: String,
     pub config: Config,
@@ -377,10 +382,18 @@ impl Harness {
         config.ranges.state_dir = dir.path().join("ranges-state");
         config.check().expect("harness configuration is valid");
 
-        let gateway = gateway::start(&config).await.expect("gateway starts");
+        let serving = (options.serving_threads > 0).then(|| {
+            gateway::ServingThreads::start(options.serving_threads).expect("serving threads start")
+        });
+        let gateway = match &serving {
+            Some(serving) => gateway::start_on(&config, serving.handles()).await,
+            None => gateway::start(&config).await,
+        }
+        .expect("gateway starts");
         Harness {
             dir,
             gateway: Some(gateway),
+            serving,
             upstream,
             ca_pem,
             config,
@@ -497,6 +510,11 @@ impl Harness {
     pub async fn stop(mut self) {
         if let Some(gateway) = self.gateway.take() {
             gateway.shutdown().await;
+        }
+        if let Some(serving) = self.serving.take() {
+            tokio::task::spawn_blocking(move || serving.stop())
+                .await
+                .unwrap();
         }
     }
 }
