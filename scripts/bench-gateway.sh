@@ -4,6 +4,7 @@
 # bounded in seconds, the two sides alternating A B A B.
 #
 #   scripts/bench-gateway.sh [SECONDS_PER_RUN]      (default 10; ROUNDS=2 CONCURRENCY=32 WARMUP=2)
+#   GATEWAY_THREADS=N sets the gateway's serving threads (default 0: one per core)
 #
 # Modes, with the same TLS terms on both sides:
 #   full-ecdsa  a new connection per request, full handshake each (the client forgets its

@@ -26,6 +26,7 @@ use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::HttpProxy;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -164,22 +165,20 @@ impl GatewayHandle {
     }
 }
 
-/// What every accept loop of the gateway is started with.
-struct ServeSpec<'a> {
-    runtimes: &'a [tokio::runtime::Handle],
-    shared: &'a Arc<Shared>,
-    proxy_logic: &'a GatewayProxy,
-    server_conf: &'a Arc<ServerConf>,
-    connections: &'a Arc<Semaphore>,
-    shutdown: &'a watch::Receiver<bool>,
+/// What every accept loop of the gateway is started with: the serving runtimes, each with the
+/// proxy (and so the pool of connections to the worker) that all its accept loops share.
+struct ServeSpec {
+    runtimes: Vec<(tokio::runtime::Handle, Arc<HttpProxy<GatewayProxy>>)>,
+    shared: Arc<Shared>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
 }
 
-impl ServeSpec<'_> {
+impl ServeSpec {
     /// One accept loop per serving runtime on the same listening socket: the kernel hands each
     /// connection to one of them, and it is served there to the end, with no task moving between
-    /// threads (as nginx's workers, or pingora without work stealing). Each runtime has its own
-    /// proxy, so the pooled connections to the worker it reuses are registered with its own
-    /// event loop.
+    /// threads (as nginx's workers, or pingora without work stealing). The pooled connections to
+    /// the worker a runtime reuses are registered with its own event loop.
     fn spawn_accept_loops(
         &self,
         listener: TcpListener,
@@ -189,16 +188,13 @@ impl ServeSpec<'_> {
             .into_std()
             .context("taking the listening socket off the runtime")?;
         let mut tasks = Vec::with_capacity(self.runtimes.len());
-        for runtime in self.runtimes {
+        for (runtime, proxy) in &self.runtimes {
             let socket = listener
                 .try_clone()
                 .context("sharing the listening socket")?;
-            let proxy = Arc::new(pingora_proxy::http_proxy(
-                self.server_conf,
-                self.proxy_logic.clone(),
-            ));
-            let (shared, connections, shutdown, tls) = (
+            let (shared, proxy, connections, shutdown, tls) = (
                 self.shared.clone(),
+                proxy.clone(),
                 self.connections.clone(),
                 self.shutdown.clone(),
                 tls.clone(),
@@ -290,12 +286,16 @@ pub async fn start_on(
     };
     let server_conf = Arc::new(ServerConf::default());
     let serve = ServeSpec {
-        runtimes: serving,
-        shared: &shared,
-        proxy_logic: &proxy_logic,
-        server_conf: &server_conf,
-        connections: &connections,
-        shutdown: &shutdown_rx,
+        runtimes: serving
+            .iter()
+            .map(|runtime| {
+                let proxy = pingora_proxy::http_proxy(&server_conf, proxy_logic.clone());
+                (runtime.clone(), Arc::new(proxy))
+            })
+            .collect(),
+        shared: shared.clone(),
+        connections: connections.clone(),
+        shutdown: shutdown_rx.clone(),
     };
 
     let mut accept_tasks = Vec::new();
