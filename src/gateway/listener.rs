@@ -2,8 +2,8 @@
 //! PROXY header from trusted balancers, the TLS handshake under a deadline, the request head read
 //! under a total deadline and checked by the rules, then the body read under its own deadline,
 //! exactly as long as the head announced, and checked by the validator. Every refusal is answered
-//! here. Only a notification that passed every check is handed to pingora, as a request rebuilt
-//! from the checked parts, on a connection pingora can write to but never read from.
+//! here. Only a notification that passed every check is forwarded, as a request rebuilt from the
+//! checked parts, on the serving runtime's pool of connections to the worker (`upstream`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -12,14 +12,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use pingora_core::apps::HttpServerApp;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::ConnectionFilter;
-use pingora_core::protocols::http::v1::server::HttpSession as H1Session;
-use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
-use pingora_proxy::HttpProxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -27,13 +23,12 @@ use tokio::sync::{watch, Semaphore};
 use super::access_log::{now_rfc3339, AccessRecord};
 use super::body::{ChunkedDecoder, ChunkedError, Progress};
 use super::client::{canonical, resolve_client};
-use super::forward::{self, CheckedRequest};
-use super::lent::{LentStream, Returned};
+use super::forward::{self, CheckedRequest, GatewayFields};
 use super::limits::SourceAtLimit;
-use super::proxy::{Admitted, GatewayProxy};
 use super::proxy_protocol::{read_header, ProxiedPeer};
 use super::reject::{http_date_now, DirectAnswer, Reject};
 use super::rules::{self, BodyFraming, Head, Route};
+use super::upstream::WorkerPool;
 use super::Shared;
 use crate::notification;
 
@@ -91,7 +86,7 @@ pub struct ListenerSpec {
 pub async fn accept_loop(
     spec: ListenerSpec,
     shared: Arc<Shared>,
-    proxy: Arc<HttpProxy<GatewayProxy>>,
+    pool: Arc<WorkerPool>,
     connections: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -153,14 +148,14 @@ pub async fn accept_loop(
         };
         shared.metrics.connections_accepted.inc();
         let shared = shared.clone();
-        let proxy = proxy.clone();
+        let pool = pool.clone();
         let tls = spec.tls.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _slot = slot;
             shared.metrics.connections_active.inc();
-            serve_connection(tcp, peer, class, tls, &shared, &proxy, &shutdown).await;
+            serve_connection(tcp, peer, class, tls, &shared, &pool, &shutdown).await;
             shared.metrics.connections_active.dec();
         });
         // One connection per turn, as nginx without `multi_accept`: the connections this runtime
@@ -190,7 +185,7 @@ async fn serve_connection(
     class: PeerClass,
     tls: Option<Arc<Acceptor>>,
     shared: &Arc<Shared>,
-    proxy: &Arc<HttpProxy<GatewayProxy>>,
+    pool: &Arc<WorkerPool>,
     shutdown: &watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);
@@ -255,16 +250,8 @@ async fn serve_connection(
             shared.metrics.keepalive_requests.inc();
         }
         let may_keep_alive = served < max_requests && !*shutdown.borrow();
-        let Some(answered) = serve_request(
-            stream,
-            buf,
-            &connection,
-            may_keep_alive,
-            shared,
-            proxy,
-            shutdown,
-        )
-        .await
+        let Some(answered) =
+            serve_request(stream, buf, &connection, may_keep_alive, shared, pool).await
         else {
             return;
         };
@@ -348,8 +335,7 @@ async fn serve_request(
     connection: &Connection,
     may_keep_alive: bool,
     shared: &Arc<Shared>,
-    proxy: &Arc<HttpProxy<GatewayProxy>>,
-    shutdown: &watch::Receiver<bool>,
+    pool: &Arc<WorkerPool>,
 ) -> Option<Answered> {
     let peer = connection.peer;
     let head_deadline = Instant::now() + shared.header_timeout;
@@ -484,42 +470,134 @@ async fn serve_request(
         head,
         body_len: body.len(),
     };
-    let replayed = forward::replayed_request(&checked, &shared.upstream_host, &body, keep_alive);
-    drop(body);
-    let admitted = Admitted {
+    let delivered = deliver(
+        &mut stream,
+        &seen,
         client,
-        peer,
-        request_id: seen.request_id.clone(),
-        head_done: seen.head_done,
-        method: decision.method.clone(),
-        target: decision.target.clone(),
-        tls: connection.tls.clone(),
-        checked,
+        &checked,
+        &body,
         keep_alive,
+        pool,
+        shared,
+    )
+    .await;
+    match delivered {
+        Delivered::Answered { kept } => answered(stream, kept.then_some(buf)),
+        Delivered::ClientGone => None,
+    }
+}
+
+/// How forwarding an admitted notification ended for the client's connection.
+enum Delivered {
+    /// An answer was written (the worker's, or 502/504); `kept`: the connection stays open.
+    Answered { kept: bool },
+    /// The client went away while its answer was written.
+    ClientGone,
+}
+
+/// Forwards an admitted notification to the worker and writes the answer back: the worker's,
+/// relayed, or 502/504 when it could not be reached or did not answer in time. Counts and logs it
+/// like every other request.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    stream: &mut Stream,
+    seen: &Seen<'_>,
+    client: IpAddr,
+    checked: &CheckedRequest,
+    body: &[u8],
+    keep_alive: bool,
+    pool: &WorkerPool,
+    shared: &Shared,
+) -> Delivered {
+    let authorization = shared.authorization.load();
+    let request = forward::upstream_request(
+        checked,
+        &GatewayFields {
+            upstream_host: &shared.upstream_host,
+            client,
+            tls: seen.tls.is_some(),
+            request_id: &seen.request_id,
+            authorization: &authorization,
+        },
+        body,
+    );
+    let upstream_started = Instant::now();
+    let forwarded = pool.forward(&request).await;
+    let upstream_seconds = upstream_started.elapsed().as_secs_f64();
+    drop(request);
+    let date = http_date_now();
+    let (answer, status, mut outcome, mut reason, error) = match &forwarded {
+        Ok(answer) => {
+            shared.metrics.upstream_duration.observe(upstream_seconds);
+            let bytes = forward::relayed_answer(answer, &seen.request_id, &date, keep_alive);
+            (bytes, answer.status, "forwarded", "ok", None)
+        }
+        Err(e) => {
+            let (status, reason) = e.status_and_reason();
+            let bytes = DirectAnswer::status(status).wire(&seen.request_id, &date);
+            (
+                bytes.into(),
+                status,
+                "upstream_error",
+                reason,
+                Some(e.to_string()),
+            )
+        }
     };
-    // Pingora reads only the request rebuilt from what was checked, never the client's bytes;
-    // it writes its answer to the client and gives the connection back when done.
-    let (lent, returned) = LentStream::lend(stream, replayed);
-    let mut session = ServerSession::H1(H1Session::new(lent));
-    if let (Some(digest), Some(record)) = (session.digest_mut(), admitted.into_digest()) {
-        digest.proxy_digest = Some(Arc::new(record));
+    let kept = keep_alive && forwarded.is_ok();
+    let written = async {
+        stream.write_all(&answer).await?;
+        stream.flush().await
     }
-    let reusable = proxy.process_new_http(session, shutdown).await;
-    // Pingora offers the connection for reuse only when its answer said `keep-alive` (the worker
-    // answered, with a framed body); after a failure it answered `close`. Dropping whatever it
-    // returns is what gives the connection back.
-    let kept = keep_alive && reusable.is_some();
-    drop(reusable);
-    let Returned {
-        mut stream,
-        unflushed,
-    } = returned.await.ok()?;
-    if !unflushed.is_empty() {
-        // Pingora flushes every answer it completes; this is what an interrupted one left.
-        stream.write_all(&unflushed).await.ok()?;
-        stream.flush().await.ok()?;
+    .await;
+    let bytes_out = match &forwarded {
+        Ok(worker) if written.is_ok() => worker.body.len() as u64,
+        Err(_) if written.is_ok() => DirectAnswer::status(status).sent_body().len() as u64,
+        _ => 0,
+    };
+    if let Err(e) = &written {
+        if forwarded.is_ok() {
+            // Delivered all the same: the worker has the notification.
+            reason = "client_closed";
+            tracing::info!(
+                request_id = seen.request_id.as_str(),
+                client = %client,
+                status,
+                error = %e,
+                "the worker answered, but the client went away before the answer reached it"
+            );
+        } else {
+            outcome = "upstream_error";
+        }
     }
-    answered(stream, kept.then_some(buf))
+    if let Some(error) = &error {
+        // The worker is unreachable or slow: an operator must look.
+        tracing::error!(
+            request_id = seen.request_id.as_str(),
+            client = %client,
+            status,
+            reason,
+            error = error.as_str(),
+            "notification not delivered to the worker; Exchange will retry"
+        );
+    }
+    seen.record(
+        shared,
+        Ended {
+            client: Some(client),
+            status,
+            outcome,
+            reason,
+            bytes_in: checked.body_len as u64,
+            bytes_out,
+            upstream_ms: Some(upstream_seconds * 1000.0),
+        },
+    );
+    if written.is_err() {
+        Delivered::ClientGone
+    } else {
+        Delivered::Answered { kept }
+    }
 }
 
 /// Reads a trusted balancer's PROXY header; the client it names (or the balancer itself for
@@ -737,6 +815,43 @@ struct Seen<'a> {
     head_done: Instant,
 }
 
+/// How a request ended, for its count in the metrics and its access log line.
+struct Ended<'a> {
+    client: Option<IpAddr>,
+    status: u16,
+    outcome: &'a str,
+    reason: &'a str,
+    bytes_in: u64,
+    bytes_out: u64,
+    upstream_ms: Option<f64>,
+}
+
+impl Seen<'_> {
+    /// Counts the request and writes its access log line; durations end now.
+    fn record(&self, shared: &Shared, ended: Ended<'_>) {
+        let seconds = self.head_done.elapsed().as_secs_f64();
+        shared
+            .metrics
+            .count_request(ended.outcome, ended.reason, seconds);
+        shared.access_log.write(&AccessRecord {
+            time: now_rfc3339(),
+            request_id: &self.request_id,
+            client: ended.client,
+            peer: self.peer,
+            method: self.method,
+            path: self.target,
+            status: ended.status,
+            outcome: ended.outcome,
+            reason: ended.reason,
+            bytes_in: ended.bytes_in,
+            bytes_out: ended.bytes_out,
+            duration_ms: seconds * 1000.0,
+            upstream_ms: ended.upstream_ms,
+            tls: self.tls,
+        });
+    }
+}
+
 /// How the listener ends a request itself: the answer it writes (none when the client is gone),
 /// and what the metrics and logs say.
 struct Reply {
@@ -857,35 +972,25 @@ async fn finish_direct(
     }
     let mut bytes_out = 0u64;
     if let Some(answer) = answer {
-        let head = answer.head(&seen.request_id, &http_date_now());
-        let body = answer.sent_body();
-        let mut written = stream.write_all(head.as_bytes()).await;
-        if written.is_ok() && !body.is_empty() {
-            written = stream.write_all(body.as_bytes()).await;
-            bytes_out = body.len() as u64;
-        }
+        let bytes = answer.wire(&seen.request_id, &http_date_now());
+        let written = stream.write_all(&bytes).await;
         if written.is_ok() {
+            bytes_out = answer.sent_body().len() as u64;
             let _ = stream.flush().await;
         }
     }
-    let seconds = seen.head_done.elapsed().as_secs_f64();
-    shared.metrics.count_request(outcome, reason, seconds);
-    shared.access_log.write(&AccessRecord {
-        time: now_rfc3339(),
-        request_id: &seen.request_id,
-        client: seen.client,
-        peer: seen.peer,
-        method: seen.method.to_string(),
-        path: seen.target.to_string(),
-        status,
-        outcome,
-        reason,
-        bytes_in,
-        bytes_out,
-        duration_ms: seconds * 1000.0,
-        upstream_ms: None,
-        tls: seen.tls,
-    });
+    seen.record(
+        shared,
+        Ended {
+            client: seen.client,
+            status,
+            outcome,
+            reason,
+            bytes_in,
+            bytes_out,
+            upstream_ms: None,
+        },
+    );
 }
 
 /// Why the body of an admitted notification was not read whole.

@@ -44,7 +44,7 @@ pub const CONNECTION_REJECT_REASONS: [&str; 3] = [
     "source_connection_limit",
 ];
 /// Every reason of `pushgate_gateway_requests_total{outcome="upstream_error"}`
-/// (see `proxy::classify_failure`).
+/// (see `upstream::ForwardError::status_and_reason`).
 pub const UPSTREAM_ERROR_REASONS: [&str; 3] = [
     "upstream_unreachable",
     "upstream_timeout",

@@ -7,15 +7,14 @@ pub mod access_log;
 pub mod body;
 pub mod client;
 pub mod forward;
-pub mod lent;
 pub mod limits;
 pub mod listener;
 pub mod metrics;
-pub mod proxy;
 pub mod proxy_protocol;
 pub mod reject;
 pub mod rules;
 pub mod tls;
+pub mod upstream;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +24,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use pingora_core::listeners::tls::Acceptor;
-use pingora_core::server::configuration::ServerConf;
-use pingora_proxy::HttpProxy;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -40,9 +37,9 @@ use crate::token_file::{TokenCheck, TokenFile};
 use client::NetList;
 use limits::{LimitPolicy, SourceLimits};
 use metrics::GatewayMetrics;
-use proxy::GatewayProxy;
 use rules::RulePolicy;
 use tls::{CertCheck, CertWatcher, ReloadingCertResolver};
+use upstream::{WorkerPool, WorkerTarget};
 
 /// State every connection of the gateway reads; built once from the configuration.
 pub struct Shared {
@@ -58,6 +55,8 @@ pub struct Shared {
     pub(crate) body_timeout: Duration,
     /// The worker's address as forwarded requests name it in `Host`.
     pub(crate) upstream_host: String,
+    /// `Bearer <token>` for the worker, replaced when the token file changes.
+    pub(crate) authorization: Arc<ArcSwap<String>>,
     pub(crate) metrics: GatewayMetrics,
     pub(crate) access_log: access_log::AccessLog,
     pub(crate) connection_log: RateLimitedLog,
@@ -168,7 +167,7 @@ impl GatewayHandle {
 /// What every accept loop of the gateway is started with: the serving runtimes, each with the
 /// proxy (and so the pool of connections to the worker) that all its accept loops share.
 struct ServeSpec {
-    runtimes: Vec<(tokio::runtime::Handle, Arc<HttpProxy<GatewayProxy>>)>,
+    runtimes: Vec<(tokio::runtime::Handle, Arc<WorkerPool>)>,
     shared: Arc<Shared>,
     connections: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -188,13 +187,13 @@ impl ServeSpec {
             .into_std()
             .context("taking the listening socket off the runtime")?;
         let mut tasks = Vec::with_capacity(self.runtimes.len());
-        for (runtime, proxy) in &self.runtimes {
+        for (runtime, pool) in &self.runtimes {
             let socket = listener
                 .try_clone()
                 .context("sharing the listening socket")?;
-            let (shared, proxy, connections, shutdown, tls) = (
+            let (shared, pool, connections, shutdown, tls) = (
                 self.shared.clone(),
-                proxy.clone(),
+                pool.clone(),
                 self.connections.clone(),
                 self.shutdown.clone(),
                 tls.clone(),
@@ -209,7 +208,7 @@ impl ServeSpec {
                     }
                 };
                 let spec = listener::ListenerSpec { listener, tls };
-                listener::accept_loop(spec, shared, proxy, connections, shutdown).await;
+                listener::accept_loop(spec, shared, pool, connections, shutdown).await;
             }));
         }
         Ok(tasks)
@@ -247,7 +246,9 @@ pub async fn start_on(
     let access_log = access_log::AccessLog::open(&g.access_log, metrics.access_log_dropped.clone())
         .with_context(|| format!("opening the access log {}", g.access_log))?;
 
+    let authorization = Arc::new(ArcSwap::from_pointee(format!("Bearer {token}")));
     let shared = Arc::new(Shared {
+        authorization: authorization.clone(),
         allowlist: allowlist.clone(),
         trusted: NetList::new(parse_cidrs(&g.trusted_proxies).map_err(anyhow::Error::msg)?),
         probes: NetList::new(parse_cidrs(&g.probe_ranges).map_err(anyhow::Error::msg)?),
@@ -276,22 +277,17 @@ pub async fn start_on(
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Arc::new(Semaphore::new(g.max_connections));
-    let authorization = Arc::new(ArcSwap::from_pointee(format!("Bearer {token}")));
-    let proxy_logic = GatewayProxy {
-        shared: shared.clone(),
-        upstream: upstream.addr,
-        authorization: authorization.clone(),
-        upstream_timeout: g.upstream_timeout,
-        upstream_connect_timeout: g.upstream_connect_timeout,
+    let target = WorkerTarget {
+        addr: upstream.addr,
+        connect_timeout: g.upstream_connect_timeout,
+        exchange_timeout: g.upstream_timeout,
+        // Pooled connections to the worker are reused for a while, not forever.
+        idle_timeout: Duration::from_secs(30),
     };
-    let server_conf = Arc::new(ServerConf::default());
     let serve = ServeSpec {
         runtimes: serving
             .iter()
-            .map(|runtime| {
-                let proxy = pingora_proxy::http_proxy(&server_conf, proxy_logic.clone());
-                (runtime.clone(), Arc::new(proxy))
-            })
+            .map(|runtime| (runtime.clone(), Arc::new(WorkerPool::new(target))))
             .collect(),
         shared: shared.clone(),
         connections: connections.clone(),

@@ -222,6 +222,14 @@ impl DirectAnswer {
         head
     }
 
+    /// The whole answer as written on the wire: head and body in one buffer, so it leaves in one
+    /// write (one TLS record).
+    pub fn wire(&self, request_id: &str, date: &str) -> Vec<u8> {
+        let mut bytes = self.head(request_id, date).into_bytes();
+        bytes.extend_from_slice(self.sent_body().as_bytes());
+        bytes
+    }
+
     /// The body bytes sent after the head (none for `HEAD`).
     pub fn sent_body(&self) -> &'static str {
         if self.head_only {
@@ -232,13 +240,30 @@ impl DirectAnswer {
     }
 }
 
-/// The current time as an HTTP date (IMF-fixdate).
+/// The current time as an HTTP date (IMF-fixdate). Formatted once per second per thread: every
+/// answer carries one, and formatting it each time was a measurable share of a request's cost.
 pub fn http_date_now() -> String {
+    thread_local! {
+        static CACHED: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+    }
     let now = time::OffsetDateTime::now_utc();
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != now.unix_timestamp() {
+            *cached = (now.unix_timestamp(), http_date(now));
+        }
+        cached.1.clone()
+    })
+}
+
+/// `at` as an HTTP date (IMF-fixdate).
+pub fn http_date(at: time::OffsetDateTime) -> String {
     let format = time::macros::format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    now.format(&format).unwrap_or_default()
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&format)
+        .unwrap_or_default()
 }
 
 /// The methods a notification path answers: POST from Exchange, GET/HEAD for the confirmation page.
@@ -270,6 +295,22 @@ pub fn status_text(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn http_dates_are_imf_fixdate_in_gmt() {
+        let at = time::macros::datetime!(2026-12-01 09:05:03 +02:00);
+        assert_eq!(http_date(at), "Tue, 01 Dec 2026 07:05:03 GMT");
+        // The cached form is the same text as a fresh one, whenever it is asked.
+        let before = time::OffsetDateTime::now_utc().unix_timestamp();
+        let cached = http_date_now();
+        let again = http_date_now();
+        let after = time::OffsetDateTime::now_utc().unix_timestamp();
+        let fresh: Vec<String> = (before..=after)
+            .map(|s| http_date(time::OffsetDateTime::from_unix_timestamp(s).unwrap()))
+            .collect();
+        assert!(fresh.contains(&cached), "{cached} not in {fresh:?}");
+        assert!(fresh.contains(&again), "{again} not in {fresh:?}");
+    }
 
     #[test]
     fn every_answer_has_the_same_fields() {

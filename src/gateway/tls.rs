@@ -33,9 +33,10 @@ pub enum TlsError {
     Config(rustls::Error),
 }
 
-/// With two providers compiled in, rustls has no process default, and pingora builds its (unused)
-/// upstream TLS connector from the default: name ring, which the clients have always used. The
-/// gateway's own listener names aws-lc-rs explicitly. A default already installed is kept.
+/// With two providers compiled in, rustls has no process default, and any config built from the
+/// default (pingora's TLS helpers, a library's client) would panic: name ring, which the clients
+/// have always used. The gateway's own listener names aws-lc-rs explicitly. A default already
+/// installed is kept.
 pub fn install_process_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -104,6 +104,11 @@ pub enum Behaviour {
     /// Record the request, then answer OK only once a permit of this gate is available (each
     /// answer takes one): lets a test act while the worker holds a request.
     Hold(Arc<Semaphore>),
+    /// Answer OK (a kept-alive answer), then close the connection, as a worker that drops idle
+    /// connections does.
+    OkThenClose,
+    /// Answer with exactly these bytes, head and body as the test wrote them.
+    Raw(Arc<Vec<u8>>),
 }
 
 /// A real HTTP/1.1 server that records everything it receives, down to accepted connections, so
@@ -198,14 +203,20 @@ impl CountingUpstream {
             self.requests.lock().unwrap().push(recorded);
 
             let behaviour = self.behaviour.lock().unwrap().clone();
-            match behaviour {
+            match &behaviour {
                 Behaviour::Hangup => return,
-                Behaviour::Delay(delay) => tokio::time::sleep(delay).await,
+                Behaviour::Delay(delay) => tokio::time::sleep(*delay).await,
                 Behaviour::Hold(gate) => match gate.acquire().await {
                     Ok(permit) => permit.forget(),
                     Err(_closed) => return,
                 },
-                Behaviour::Ok => {}
+                Behaviour::Raw(answer) => {
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Behaviour::Ok | Behaviour::OkThenClose => {}
             }
             let body = result_envelope(SubscriptionStatus::Ok);
             let head = format!(
@@ -214,6 +225,7 @@ impl CountingUpstream {
             );
             if stream.write_all(head.as_bytes()).await.is_err()
                 || stream.write_all(body).await.is_err()
+                || matches!(behaviour, Behaviour::OkThenClose)
             {
                 return;
             }
