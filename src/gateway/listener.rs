@@ -324,8 +324,8 @@ struct Answered {
 }
 
 /// Reads one request (starting with the bytes already in `buf`), checks it, and answers it: the
-/// gateway itself for refusals and its pages, the worker through pingora for a notification that
-/// passed every check. Reads stop exactly at the end of the request. `may_keep_alive`: the
+/// gateway itself for refusals and its pages, the worker (through the pool) for a notification
+/// that passed every check. Reads stop exactly at the end of the request. `may_keep_alive`: the
 /// connection may carry another request after this one (a trusted proxy's, below its request
 /// bound); the answer keeps it open only if, besides, the request's end is known and the client
 /// did not ask to close. `None` when nobody is left to answer.
