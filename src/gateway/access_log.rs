@@ -11,6 +11,8 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendE
 use prometheus::IntCounter;
 use serde::Serialize;
 
+use super::reject::PerSecond;
+
 /// Longest request target written to the log.
 const MAX_LOGGED_TARGET: usize = 512;
 /// Longest method written to the log.
@@ -187,20 +189,15 @@ fn write_lines(sink: Box<dyn Write + Send>, lines: Receiver<Vec<u8>>) {
 /// per second per thread; only the milliseconds are written each time.
 pub fn now_rfc3339() -> String {
     thread_local! {
-        static CACHED: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+        static CACHED: PerSecond = const { PerSecond::new() };
     }
     let now = time::OffsetDateTime::now_utc();
     let seconds = CACHED.with(|cached| {
-        let mut cached = cached.borrow_mut();
-        if cached.0 != now.unix_timestamp() {
+        cached.get(now, |now| {
             let format =
                 time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]");
-            *cached = (
-                now.unix_timestamp(),
-                now.format(&format).unwrap_or_default(),
-            );
-        }
-        cached.1.clone()
+            now.format(&format).unwrap_or_default()
+        })
     });
     rfc3339_with_millis(seconds, now.millisecond())
 }

@@ -526,21 +526,32 @@ async fn deliver(
     let upstream_seconds = upstream_started.elapsed().as_secs_f64();
     drop(request);
     let date = http_date_now();
-    let (answer, status, mut outcome, mut reason, error) = match &forwarded {
+    // (the bytes for the client, status, outcome, reason, length of the body in those bytes)
+    let (answer, status, outcome, mut reason, body_len) = match &forwarded {
         Ok(answer) => {
             shared.metrics.upstream_duration.observe(upstream_seconds);
             let bytes = forward::relayed_answer(answer, &seen.request_id, &date, keep_alive);
-            (bytes, answer.status, "forwarded", "ok", None)
+            (bytes, answer.status, "forwarded", "ok", answer.body.len())
         }
         Err(e) => {
             let (status, reason) = e.status_and_reason();
-            let bytes = DirectAnswer::status(status).wire(&seen.request_id, &date);
+            // The worker is unreachable or slow: an operator must look.
+            tracing::error!(
+                request_id = seen.request_id.as_str(),
+                client = %client,
+                status,
+                reason,
+                error = %e,
+                "notification not delivered to the worker; Exchange will retry"
+            );
+            let direct = DirectAnswer::status(status);
+            let bytes = direct.wire(&seen.request_id, &date);
             (
                 bytes.into(),
                 status,
                 "upstream_error",
                 reason,
-                Some(e.to_string()),
+                direct.sent_body().len(),
             )
         }
     };
@@ -550,35 +561,16 @@ async fn deliver(
         stream.flush().await
     }
     .await;
-    let bytes_out = match &forwarded {
-        Ok(worker) if written.is_ok() => worker.body.len() as u64,
-        Err(_) if written.is_ok() => DirectAnswer::status(status).sent_body().len() as u64,
-        _ => 0,
-    };
-    if let Err(e) = &written {
-        if forwarded.is_ok() {
-            // Delivered all the same: the worker has the notification.
-            reason = "client_closed";
-            tracing::info!(
-                request_id = seen.request_id.as_str(),
-                client = %client,
-                status,
-                error = %e,
-                "the worker answered, but the client went away before the answer reached it"
-            );
-        } else {
-            outcome = "upstream_error";
-        }
-    }
-    if let Some(error) = &error {
-        // The worker is unreachable or slow: an operator must look.
-        tracing::error!(
+    let bytes_out = if written.is_ok() { body_len as u64 } else { 0 };
+    if let (Err(e), Ok(_)) = (&written, &forwarded) {
+        // Delivered all the same: the worker has the notification.
+        reason = "client_closed";
+        tracing::info!(
             request_id = seen.request_id.as_str(),
             client = %client,
             status,
-            reason,
-            error = error.as_str(),
-            "notification not delivered to the worker; Exchange will retry"
+            error = %e,
+            "the worker answered, but the client went away before the answer reached it"
         );
     }
     seen.record(

@@ -240,20 +240,36 @@ impl DirectAnswer {
     }
 }
 
-/// The current time as an HTTP date (IMF-fixdate). Formatted once per second per thread: every
-/// answer carries one, and formatting it each time was a measurable share of a request's cost.
-pub fn http_date_now() -> String {
-    thread_local! {
-        static CACHED: std::cell::RefCell<(i64, String)> = const { std::cell::RefCell::new((i64::MIN, String::new())) };
+/// A text made from the current second, kept (per thread, in a `thread_local!`) until the second
+/// changes: every answer carries a date and every access-log line a time, and formatting them
+/// each time was a measurable share of a request's cost.
+pub(crate) struct PerSecond(std::cell::RefCell<(i64, String)>);
+
+impl PerSecond {
+    pub(crate) const fn new() -> Self {
+        Self(std::cell::RefCell::new((i64::MIN, String::new())))
     }
-    let now = time::OffsetDateTime::now_utc();
-    CACHED.with(|cached| {
-        let mut cached = cached.borrow_mut();
+
+    /// The text for `now`'s second, formatted by `format` only when that second is new.
+    pub(crate) fn get(
+        &self,
+        now: time::OffsetDateTime,
+        format: impl FnOnce(time::OffsetDateTime) -> String,
+    ) -> String {
+        let mut cached = self.0.borrow_mut();
         if cached.0 != now.unix_timestamp() {
-            *cached = (now.unix_timestamp(), http_date(now));
+            *cached = (now.unix_timestamp(), format(now));
         }
         cached.1.clone()
-    })
+    }
+}
+
+/// The current time as an HTTP date (IMF-fixdate), formatted once per second per thread.
+pub fn http_date_now() -> String {
+    thread_local! {
+        static CACHED: PerSecond = const { PerSecond::new() };
+    }
+    CACHED.with(|cached| cached.get(time::OffsetDateTime::now_utc(), http_date))
 }
 
 /// `at` as an HTTP date (IMF-fixdate).
