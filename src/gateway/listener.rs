@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::listeners::ConnectionFilter;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -1011,18 +1011,17 @@ async fn read_body(
             let mut body = Vec::with_capacity(length);
             let from_head = buf.len().min(length);
             body.extend_from_slice(&buf.split_to(from_head));
-            let mut scratch = [0u8; 8192];
             while body.len() < length {
-                // Never ask for more than the body still owes: bytes after it stay unread.
-                let want = (length - body.len()).min(scratch.len());
+                // Straight into the body's own spare room, and never more than the body still
+                // owes: bytes after it stay unread.
+                let owed = length - body.len();
                 let n = stream
-                    .read(&mut scratch[..want])
+                    .read_buf(&mut (&mut body).limit(owed))
                     .await
                     .map_err(BodyFailure::Gone)?;
                 if n == 0 {
                     return Err(BodyFailure::Refused(Reject::IncompleteBody, None));
                 }
-                body.extend_from_slice(&scratch[..n]);
             }
             Ok(body)
         }

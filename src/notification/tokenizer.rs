@@ -241,14 +241,25 @@ const fn ascii_table(extra: &[u8], ranges: &[(u8, u8)]) -> [bool; 128] {
 const NAME_START_ASCII: [bool; 128] = ascii_table(b":_", &[(b'A', b'Z'), (b'a', b'z')]);
 const NAME_ASCII: [bool; 128] = ascii_table(b":_-.", &[(b'A', b'Z'), (b'a', b'z'), (b'0', b'9')]);
 
-/// Bytes that are not ASCII name characters (non-ASCII bytes included: those names are decoded).
-static NOT_ASCII_NAME: [bool; 256] = {
-    let mut table = [true; 256];
+/// What a byte adds to a name's tally in [`NAME_BYTE_TALLY`]: ASCII name characters other than
+/// the colon add nothing, a colon adds one to the high half, and every other byte (non-ASCII
+/// bytes included: names holding them are decoded and checked character by character) one to the
+/// low half.
+const NAME_TALLY_COLON: u64 = 1 << 32;
+const NAME_TALLY_OTHER: u64 = 1;
+
+/// The tally of every byte value: a name's colons and other bytes are the sum over its bytes (one
+/// load and one add per byte, no branch).
+static NAME_BYTE_TALLY: [u64; 256] = {
+    let mut table = [NAME_TALLY_OTHER; 256];
     let mut b = 0;
     while b < 128 {
-        table[b] = !NAME_ASCII[b];
+        if NAME_ASCII[b] {
+            table[b] = 0;
+        }
         b += 1;
     }
+    table[b':' as usize] = NAME_TALLY_COLON;
     table
 };
 
@@ -792,17 +803,16 @@ impl<'a> Tokenizer<'a> {
     /// is one XML Name; returns how it splits as a qualified name.
     fn check_name(&self, name: Span, what: &str) -> Result<QName, Rejection> {
         let bytes = self.bytes(name);
-        // ASCII names (all of Exchange's) in one branch-free pass, no decoding.
-        let (outside, colons) = bytes.iter().fold((false, 0usize), |(outside, colons), &b| {
-            (
-                outside | NOT_ASCII_NAME[usize::from(b)],
-                colons + usize::from(b == b':'),
-            )
-        });
+        // ASCII names (all of Exchange's) in one branch-free pass, no decoding. The halves of the
+        // tally stay apart for names under 4 GiB (bodies are far smaller).
+        let tally = bytes
+            .iter()
+            .fold(0u64, |tally, &b| tally + NAME_BYTE_TALLY[usize::from(b)]);
+        let colons = tally >> 32;
         let starts_well = bytes
             .first()
             .is_some_and(|&b| NAME_START_ASCII[usize::from(b & 0x7F)]);
-        if outside || !starts_well {
+        if tally & 0xFFFF_FFFF != 0 || !starts_well {
             // The body is valid UTF-8 (checked up front), so the name decodes.
             let text = std::str::from_utf8(bytes).unwrap_or_default();
             let mut chars = text.char_indices().map(|(i, c)| (i, u32::from(c)));
@@ -972,40 +982,46 @@ impl<'a> Tokenizer<'a> {
                 Some(&q @ (b'"' | b'\'')) if p < raw.end => q,
                 _ => return Err(not_well_formed(p, "attribute value must be quoted")),
             };
+            let shape = self.check_name(name, "attribute")?;
+            // One pass to the closing quote, checking on the way that the value holds no `<`
+            // and only well-formed references (which never run past a quote).
             let value_start = p + 1;
-            let close = body
-                .get(value_start..raw.end)
-                .and_then(|rest| memchr::memchr(quote, rest))
-                .ok_or_else(|| not_well_formed(p, "attribute value not closed"))?;
+            let mut has_reference = false;
+            let mut q = value_start;
+            let value_end = loop {
+                let found = body
+                    .get(q..raw.end)
+                    .and_then(|rest| memchr::memchr3(quote, b'<', b'&', rest))
+                    .ok_or_else(|| not_well_formed(p, "attribute value not closed"))?;
+                q += found;
+                match body[q] {
+                    b'<' => return Err(not_well_formed(q, "'<' in an attribute value")),
+                    b'&' => {
+                        has_reference = true;
+                        q += reference_at(body, q)
+                            .map_err(|error| reference_error(error, body, q))?
+                            .1;
+                    }
+                    _ => break q,
+                }
+            };
             let value = Span {
                 start: value_start,
-                end: value_start + close,
+                end: value_end,
             };
             p = value.end + 1;
-            self.add_attribute(name, value)?;
+            self.add_attribute(name, shape, value, has_reference)?;
         }
     }
 
-    /// One attribute, with what XML asks of it beyond its syntax: a Name, no `<` and only
-    /// well-formed references in the value, and the limits.
-    fn add_attribute(&mut self, name: Span, value: Span) -> Result<(), Rejection> {
-        let body = self.body;
-        let shape = self.check_name(name, "attribute")?;
-        let mut has_reference = false;
-        let mut p = value.start;
-        while let Some(offset) = body
-            .get(p..value.end)
-            .and_then(|rest| memchr::memchr2(b'<', b'&', rest))
-        {
-            p += offset;
-            if body[p] == b'<' {
-                return Err(not_well_formed(p, "'<' in an attribute value"));
-            }
-            has_reference = true;
-            p += reference_at(body, p)
-                .map_err(|error| reference_error(error, body, p))?
-                .1;
-        }
+    /// One attribute whose name and value XML's rules passed, within the limits.
+    fn add_attribute(
+        &mut self,
+        name: Span,
+        shape: QName,
+        value: Span,
+        has_reference: bool,
+    ) -> Result<(), Rejection> {
         let plain = !has_reference
             && (self.first_line_space >= value.end
                 || memchr::memchr3(b'\t', b'\n', b'\r', self.bytes(value)).is_none());
