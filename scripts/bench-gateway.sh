@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # pushgate's gateway next to nginx (config/nginx-equivalent.conf), in front of the same upstream
 # stub, driven by the same load client (benches/gateway_load.rs), on loopback only, every run
-# bounded in seconds, the two sides alternating A B A B.
+# bounded in seconds, the two sides alternating, each round's order swapped (A B, B A, A B, ...).
 #
-#   scripts/bench-gateway.sh [SECONDS_PER_RUN]      (default 10; ROUNDS=3 CONCURRENCY=32 WARMUP=2)
+#   scripts/bench-gateway.sh [SECONDS_PER_RUN]      (default 10; ROUNDS=5 CONCURRENCY=32 WARMUP=2)
 #   GATEWAY_THREADS=N sets the gateway's serving threads (default 0: one per core)
-# Figures are medians of the rounds: with three, one round disturbed by the host (other machines
-# share it) does not decide a side's p99, as it did with two.
+# Figures are medians of the rounds, so that a round disturbed by the host (other machines share
+# it) does not decide a side's figure. The verdict per mode is paired: each round sets a pushgate
+# run next to an nginx run made just before or after it, and the ratio reported is the median of
+# those per-round ratios, with the number of rounds pushgate won. A host's load drifts by more than
+# the difference between the two sides; two runs next to each other in time share its state.
 #
 # Modes, with the same TLS terms on both sides:
 #   full-ecdsa  a new connection per request, full handshake each (the client forgets its
@@ -20,7 +23,7 @@
 set -euo pipefail
 
 RUN_SECONDS=${1:-10}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 CONCURRENCY=${CONCURRENCY:-32}
 WARMUP=${WARMUP:-2}
 MODES=${MODES:-"full-ecdsa full-rsa resume-rsa keepalive"}
@@ -153,8 +156,8 @@ nginx_pids() { # master and workers
 
 RESULTS="$DIR/runs.jsonl"
 : > "$RESULTS"
-run_side() { # side mode
-    local side=$1 mode=$2 addr pids load_mode from extra=()
+run_side() { # side mode round
+    local side=$1 mode=$2 round=$3 addr pids load_mode from extra=()
     if [ "$side" = pushgate ]; then addr=$PUSHGATE_ADDR; pids=$PUSHGATE_PID; else addr=$NGINX_ADDR; pids=$(nginx_pids); fi
     case $mode in
         full-*) load_mode=full; from=$CLIENT ;;
@@ -165,7 +168,7 @@ run_side() { # side mode
     line=$("$LOAD" run --addr "$addr" --ca "$DIR/$KIND.pem" --mode "$load_mode" --from "$from" \
         "${extra[@]}" --concurrency "$CONCURRENCY" --seconds "$RUN_SECONDS" --warmup "$WARMUP" \
         --body tests/fixtures/notifications/exo-capture.xml --pids "$pids" 2>>"$DIR/load.log")
-    echo "{\"side\":\"$side\",\"bench\":\"$mode\",${line#\{}" >> "$RESULTS"
+    echo "{\"side\":\"$side\",\"bench\":\"$mode\",\"round\":$round,${line#\{}" >> "$RESULTS"
     echo "  $side $mode: $line" >&2
 }
 
@@ -181,10 +184,17 @@ for KIND in ecdsa rsa; do
     [ ${#modes_here[@]} -eq 0 ] && [ $KIND = ecdsa ] && continue
     start_servers $KIND
     for mode in "${modes_here[@]}"; do
-        echo "$mode: ${ROUNDS} rounds of pushgate then nginx, ${RUN_SECONDS} s each" >&2
-        for _ in $(seq 1 "$ROUNDS"); do
-            run_side pushgate "$mode"
-            run_side nginx "$mode"
+        echo "$mode: ${ROUNDS} rounds of pushgate and nginx, ${RUN_SECONDS} s each" >&2
+        # Each round's order is swapped (A B, B A, A B, ...): a host whose load drifts during the
+        # run then favours neither side, and every round pairs two runs next to each other in time.
+        for round in $(seq 1 "$ROUNDS"); do
+            if [ $((round % 2)) -eq 1 ]; then
+                run_side pushgate "$mode" "$round"
+                run_side nginx "$mode" "$round"
+            else
+                run_side nginx "$mode" "$round"
+                run_side pushgate "$mode" "$round"
+            fi
         done
     done
     if [ $KIND = rsa ]; then
@@ -216,6 +226,14 @@ names = {"full-ecdsa": "new connection, full handshake, ECDSA P-256",
          "full-rsa": "new connection, full handshake, RSA-2048",
          "resume-rsa": "new connection, resumption allowed, RSA-2048",
          "keepalive": "keep-alive from a trusted proxy, RSA-2048"}
+def paired(bench):
+    """Per round: (pushgate/nginx requests/s, pushgate p99 no worse than nginx's)."""
+    by_round = {}
+    for r in runs:
+        if r["bench"] == bench:
+            by_round.setdefault(r["round"], {})[r["side"]] = r
+    pairs = [(p["pushgate"], p["nginx"]) for p in by_round.values() if len(p) == 2]
+    return [(a["rps"] / b["rps"] if b["rps"] else 0, a["p99_ms"] <= b["p99_ms"]) for a, b in pairs]
 def side(bench, who):
     rs = [r for r in runs if r["bench"] == bench and r["side"] == who]
     if not rs:
@@ -230,7 +248,8 @@ lines.append(f"# pushgate gateway vs nginx\n")
 lines.append(f"- machine: {machine}")
 lines.append(f"- commit: {commit}")
 lines.append(f"- versions: {versions}")
-lines.append(f"- each run {seconds} s after a warm-up, {rounds} rounds per side alternating A B A B, {concurrency} concurrent clients, body exo-capture.xml (2,020 bytes); figures are medians of the rounds, the spread of requests/s in brackets")
+lines.append(f"- each run {seconds} s after a warm-up, {rounds} rounds per side, alternating with each round's order swapped (A B, B A, ...), {concurrency} concurrent clients, body exo-capture.xml (2,020 bytes); figures are medians of the rounds, the spread of requests/s in brackets")
+lines.append(f"- paired: each round's pushgate run against the nginx run next to it in time; the median of those per-round ratios, and the rounds pushgate won (requests/s at least nginx's; p99 no worse)")
 lines.append(f"- the load client and the upstream stub share the same cores as the server under test\n")
 lines.append("| mode | side | requests/s | p50 ms | p99 ms | server CPU s / 1,000 req | resumed handshakes | errors |")
 lines.append("|---|---|---|---|---|---|---|---|")
@@ -245,10 +264,14 @@ for bench, title in names.items():
         lines.append(f'| {title} | {who} | {s["rps"]:,.0f} ({spread}) | {s["p50"]:.2f} | {s["p99"]:.2f} | {s["cpu"]:.3f} | {resumed} | {s["errors"]} |')
     ratio = a["rps"] / b["rps"] if b["rps"] else 0
     cpu_ratio = b["cpu"] / a["cpu"] if a["cpu"] else 0
-    ratios.append(f'| {title} | {ratio:.2f} | {cpu_ratio:.2f} | {"no worse" if a["p99"] <= b["p99"] else "worse"} ({a["p99"]:.2f} vs {b["p99"]:.2f} ms) |')
+    pairs = paired(bench)
+    paired_ratio = statistics.median(r for r, _ in pairs) if pairs else 0
+    won = sum(1 for r, _ in pairs if r >= 1.0)
+    p99_won = sum(1 for _, ok in pairs if ok)
+    ratios.append(f'| {title} | {ratio:.2f} | {paired_ratio:.2f} ({won}/{len(pairs)}) | {cpu_ratio:.2f} | {"no worse" if a["p99"] <= b["p99"] else "worse"} ({a["p99"]:.2f} vs {b["p99"]:.2f} ms; {p99_won}/{len(pairs)}) |')
 lines.append("")
-lines.append("| mode | pushgate/nginx requests/s | nginx/pushgate CPU per request | pushgate p99 |")
-lines.append("|---|---|---|---|")
+lines.append("| mode | pushgate/nginx requests/s (medians) | paired (rounds won) | nginx/pushgate CPU per request | pushgate p99 (rounds no worse) |")
+lines.append("|---|---|---|---|---|")
 lines.extend(ratios)
 if memory:
     m = json.loads(memory)
