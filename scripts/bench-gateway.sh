@@ -5,6 +5,9 @@
 #
 #   scripts/bench-gateway.sh [SECONDS_PER_RUN]      (default 10; ROUNDS=5 CONCURRENCY=32 WARMUP=2)
 #   GATEWAY_THREADS=N sets the gateway's serving threads (default 0: one per core)
+#   PUSHGATE_BIN=PATH runs that gateway binary instead of this checkout's release build (to set
+#   two builds against the same nginx: run the script once with each, one after the other)
+#   MODES="keepalive ..." runs only those modes (default: all four)
 # Figures are medians of the rounds, so that a round disturbed by the host (other machines share
 # it) does not decide a side's figure. The verdict per mode is paired: each round sets a pushgate
 # run next to an nginx run made just before or after it, and the ratio reported is the median of
@@ -55,7 +58,10 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "gateway_load" and m.get("executable"):
         print(m["executable"])')
 TARGET_DIR=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-PUSHGATE="$TARGET_DIR/release/pushgate"
+# PUSHGATE_BIN runs another build of the gateway (an earlier commit's, say) against the same nginx
+# and load; the record then names that binary instead of this checkout's commit.
+PUSHGATE="${PUSHGATE_BIN:-$TARGET_DIR/release/pushgate}"
+[ -x "$PUSHGATE" ] || { echo "no gateway binary at $PUSHGATE" >&2; exit 2; }
 [ -x "$PUSHGATE" ] && [ -x "$LOAD" ] || { echo "build failed" >&2; exit 1; }
 
 # --- a private directory, and everything we start stopped on exit ---------------------------
@@ -214,6 +220,7 @@ STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="bench/results/gateway-$STAMP.md"
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 git diff --quiet HEAD 2>/dev/null || COMMIT="$COMMIT (with uncommitted changes)"
+[ -n "${PUSHGATE_BIN:-}" ] && COMMIT="the gateway binary $PUSHGATE_BIN (PUSHGATE_BIN; not necessarily this checkout's $COMMIT), the script and nginx configuration of $COMMIT"
 CPU_MODEL=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 MACHINE="$(nproc) cores ($CPU_MODEL), $(free -g | awk '/^Mem:/ {print $2}') GiB, $(uname -sr), load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 VERSIONS="$(rustc --version), $(nginx -v 2>&1 | sed 's/nginx version: //'), $(openssl version | cut -d' ' -f1-2)"
@@ -280,6 +287,14 @@ if memory:
     if nginx_memory:
         n = json.loads(nginx_memory)
         lines.append(f'nginx (master and workers) with {n["connections_open"]} open: {n["rss_kib_open"]/1024:.1f} MiB.')
+# Every round, so that a per-round reading (which side won when the host was quiet) can be
+# checked from the record later.
+lines.append("")
+lines.append("## Rounds\n")
+lines.append("| mode | round | side | requests/s | p50 ms | p99 ms | server CPU s / 1,000 req | errors |")
+lines.append("|---|---|---|---|---|---|---|---|")
+for r in runs:
+    lines.append(f'| {r["bench"]} | {r["round"]} | {r["side"]} | {r["rps"]:,.0f} | {r["p50_ms"]:.2f} | {r["p99_ms"]:.2f} | {r["cpu_s_per_1000"]:.3f} | {r["errors"]} |')
 text = "\n".join(lines) + "\n"
 open(out, "w").write(text)
 print(text)

@@ -1,9 +1,9 @@
-//! The gateway's hot path: `validate` makes a small, constant number of heap allocations per body,
-//! whatever the body's size (checked with a counting global allocator, per thread). They come from
-//! quick-xml's Reader, which records the names of open elements in two vectors: their growth
-//! depends on nesting depth and name length, which Exchange's bodies share, not on the number of
-//! events. Measured: 7 for Exchange's capture, the 50-event body (26 KB) and a 500-event body; 6
-//! for the shallower Error-without-Notification fixture.
+//! The gateway's hot path: `validate` makes no heap allocation for a valid body like Exchange's,
+//! whatever its size (checked with a counting global allocator, per thread). The tokenizer matches
+//! end tags against the open element's name in the body instead of a copy, and its stacks are
+//! inline `SmallVec`s far deeper than Exchange nests. Measured: 0 for every valid fixture, the
+//! 50-event body (26 KB) and a 500-event body. (With quick-xml's `Reader`, which copies open
+//! elements' names, it was 6 to 7.)
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests and benches may panic on setup failures
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -11,8 +11,8 @@ use std::cell::Cell;
 
 use pushgate::notification::{notification_xml, parse, validate, Limits};
 
-/// The most allocations one `validate` call may make for a valid body like Exchange's.
-const MAX_ALLOCATIONS_PER_BODY: usize = 8;
+/// The allocations one `validate` call may make for a valid body like Exchange's.
+const MAX_ALLOCATIONS_PER_BODY: usize = 0;
 
 struct CountingAllocator;
 
@@ -90,7 +90,7 @@ fn validate_allocates_a_small_constant_on_valid_fixtures() {
             let _ = std::hint::black_box(validate(std::hint::black_box(&body), &limits));
         });
         assert!(
-            (1..=MAX_ALLOCATIONS_PER_BODY).contains(&count),
+            count <= MAX_ALLOCATIONS_PER_BODY,
             "{} allocated {count} times (bound {MAX_ALLOCATIONS_PER_BODY})",
             path.display()
         );

@@ -1,38 +1,31 @@
-//! XML 1.0 + Namespaces 1.0 lexing for the validator: one quick-xml `Reader<&[u8]>` reads every
-//! event of the body; this module adds only the checks quick-xml leaves to its users.
+//! XML 1.0 + Namespaces 1.0 lexing for the validator, in one pass over the body: each byte is
+//! looked at once, by the code that both delimits the markup and checks it.
 //!
-//! quick-xml (zero-copy events; `check_end_names`, `check_comments`, no dangling `&`) delimits
-//! start, empty and end tags (quotes respected), text, references, comments (refusing `--`
-//! inside), CDATA sections, the XML declaration, processing instructions and DOCTYPEs; it matches
-//! end tags to start tags, refuses what it cannot delimit (unclosed markup, junk after `<!`, `&`
-//! without `;`) and parses character references.
+//! Delimited and checked here: start, empty and end tags (quotes respected; end tags matched
+//! against the open element's name in the body), text, references, comments (refusing `--`
+//! inside), CDATA sections, one root with only whitespace and comments around it. Names and QNames
+//! are tallied while they are scanned; attributes are split strictly (`S Name S? = S? quoted`,
+//! whitespace required between them), each value's closing quote and any `<` or `&` in it found
+//! with one `memchr3`. Refused: DTDs, processing instructions, undeclared entities, `]]>` in text,
+//! duplicate attributes, the `[validator]` limits. UTF-8 and the Char production are checked once,
+//! up front. Namespaces are resolved inline; classifying each binding once spares comparing a URI
+//! for every element.
 //!
-//! A start tag's attributes are split here, in one strict pass over what quick-xml delimited:
-//! its `Attributes` iterator splits leniently by design (no whitespace required between
-//! attributes, any bytes in names and values), walks every value byte by byte and, with its
-//! duplicate check on, allocates for every tag; the result would have to be checked again. Here
-//! the closing quote (and any `<` or `&` before it) is found with one `memchr3` and every rule is
-//! applied once (10–12 % fewer instructions per body than quick-xml's iterator plus the checks).
-//! The XML declaration still goes through `Attributes`.
+//! Why not quick-xml's `Reader`, which the rest of pushgate reads XML with: it is lenient by design
+//! (any bytes in names, no whitespace needed between attributes, namespace names compared
+//! undecoded by `NsReader`), so every piece it delimited had to be walked again here to be checked,
+//! and it copies the name of every open element to match end tags. On the Exchange capture the
+//! Reader was a third of the validator's instructions, most of it delimiting that the checks here
+//! repeated. quick-xml still reads the XML declaration (`Attributes`) and decodes character
+//! references.
 //!
-//! Checked here, because quick-xml does not: UTF-8 and the Char production (once, up front), Names
-//! and QNames (quick-xml's name is whatever precedes whitespace, `=` or `/>`), whitespace between
-//! attributes, `<` and references in values, duplicate attributes, `]]>` in text, references (the
-//! five predefined entities, character references to XML characters), the XML declaration's place
-//! and content, one root with only whitespace and comments around it, DTD and PI refusal, the
-//! `[validator]` limits. Namespaces are resolved inline, not by `NsReader`: its resolver compares
-//! namespace names undecoded (`...2006/&#x74;ypes` is the types namespace, and a valid body),
-//! takes `xmlns:p=""` for an XML 1.1 undeclaration and accepts the XML namespace as the default
-//! one; classifying each binding once also spares comparing a URI for every element.
-//!
-//! Allocations: the Reader records the names of open elements in two vectors (a handful of
-//! allocations that grow with nesting depth and name length, not with the size of the body); the
-//! stacks here are `SmallVec`s, inline far beyond what Exchange sends.
+//! Allocations: none for bodies like Exchange's; the stacks are `SmallVec`s, inline far beyond
+//! what Exchange sends.
 
-use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
+use quick_xml::errors::Error as XmlError;
 use quick_xml::escape::{resolve_predefined_entity, EscapeError, ParseCharRefError};
 use quick_xml::events::attributes::{AttrError, Attributes};
-use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::events::{BytesRef, Event};
 use quick_xml::Reader;
 use smallvec::SmallVec;
 
@@ -198,25 +191,10 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
 
-/// Where `part` (a slice quick-xml cut out of `whole`) starts in `whole`. quick-xml's events and
-/// attributes borrow from the input and hand out slices, not positions.
+/// Where `part` (a slice quick-xml's `Attributes` cut out of `whole`) starts in `whole`: they
+/// borrow from the input and hand out slices, not positions.
 fn offset_in(whole: &[u8], part: &[u8]) -> usize {
     (part.as_ptr() as usize).wrapping_sub(whole.as_ptr() as usize)
-}
-
-/// The Reader for a body. It matches end tags against its own record of open elements (which it
-/// keeps whatever `check_end_names` says), so the tokenizer does not compare names again.
-fn reader_for(body: &[u8]) -> Reader<&[u8]> {
-    let mut reader = Reader::from_reader(body);
-    let config = reader.config_mut();
-    config.check_comments = true;
-    config.check_end_names = true;
-    config.allow_unmatched_ends = false;
-    config.allow_dangling_amp = false;
-    config.expand_empty_elements = false;
-    config.trim_markup_names_in_closing_tags = true;
-    config.trim_text(false);
-    reader
 }
 
 const fn ascii_table(extra: &[u8], ranges: &[(u8, u8)]) -> [bool; 128] {
@@ -250,7 +228,7 @@ const NAME_TALLY_OTHER: u64 = 1;
 
 /// The tally of every byte value: a name's colons and other bytes are the sum over its bytes (one
 /// load and one add per byte, no branch).
-static NAME_BYTE_TALLY: [u64; 256] = {
+const NAME_BYTE_TALLY: [u64; 256] = {
     let mut table = [NAME_TALLY_OTHER; 256];
     let mut b = 0;
     while b < 128 {
@@ -262,6 +240,48 @@ static NAME_BYTE_TALLY: [u64; 256] = {
     table[b':' as usize] = NAME_TALLY_COLON;
     table
 };
+
+/// In [`NAME_SCAN`]: the byte ends a name (whitespace, `/`, `>`, `=`, or the end of the body).
+const NAME_STOP: u64 = 1 << 63;
+
+/// [`NAME_BYTE_TALLY`] with the bytes that end a name marked: scanning a name and tallying it
+/// is one load per byte.
+static NAME_SCAN: [u64; 256] = {
+    let mut table = NAME_BYTE_TALLY;
+    table[b' ' as usize] = NAME_STOP;
+    table[b'\t' as usize] = NAME_STOP;
+    table[b'\n' as usize] = NAME_STOP;
+    table[b'\r' as usize] = NAME_STOP;
+    table[b'/' as usize] = NAME_STOP;
+    table[b'>' as usize] = NAME_STOP;
+    table[b'=' as usize] = NAME_STOP;
+    table
+};
+
+/// Scans the name starting at `from` up to whitespace, `/`, `>`, `=` or the end of `body`;
+/// returns where it ends and its tally (see [`NAME_BYTE_TALLY`]). Whether it is a Name is
+/// [`Tokenizer::check_name`]'s to say: bytes that cannot be in one stay in it, so the refusal
+/// points at them.
+fn scan_name(body: &[u8], from: usize) -> (usize, u64) {
+    let mut tally = 0u64;
+    let mut p = from;
+    while let Some(&b) = body.get(p) {
+        let entry = NAME_SCAN[usize::from(b)];
+        if entry == NAME_STOP {
+            break;
+        }
+        tally += entry;
+        p += 1;
+    }
+    (p, tally)
+}
+
+fn skip_spaces(body: &[u8], mut p: usize) -> usize {
+    while body.get(p).copied().is_some_and(is_space) {
+        p += 1;
+    }
+    p
+}
 
 fn is_name_start_char(c: u32) -> bool {
     match c {
@@ -432,10 +452,8 @@ impl Iterator for AttrValueBytes<'_> {
 
 pub(super) struct Tokenizer<'a> {
     body: &'a [u8],
-    /// Reads every event of the body.
-    reader: Reader<&'a [u8]>,
-    /// The byte order mark the Reader skipped (0 or 3 bytes): its positions count from there.
-    base: usize,
+    /// Where the next token starts.
+    pos: usize,
     limits: Limits,
     phase: Phase,
     /// Where the `End` of an empty-element tag just returned is due.
@@ -466,7 +484,7 @@ impl<'a> Tokenizer<'a> {
                 "the body is not UTF-8 (UTF-16, UTF-32 or EBCDIC signature)",
             ));
         }
-        // The Reader drops one byte order mark at the start (a second one is character data).
+        // One byte order mark at the start is skipped (a second one is character data).
         let start = if body.starts_with(BYTE_ORDER_MARK) {
             BYTE_ORDER_MARK.len()
         } else {
@@ -474,8 +492,7 @@ impl<'a> Tokenizer<'a> {
         };
         let mut tokenizer = Tokenizer {
             body,
-            reader: reader_for(body),
-            base: start,
+            pos: start,
             limits: *limits,
             phase: Phase::Prolog,
             pending_end: None,
@@ -509,36 +526,20 @@ impl<'a> Tokenizer<'a> {
         self.body
     }
 
-    /// The body offset of the Reader's next event (of the `<` when it stopped inside markup).
-    fn position(&self) -> usize {
-        self.base + self.reader.buffer_position() as usize
-    }
-
-    /// Where a slice of an event lies in the body. The Reader reads a `&[u8]` without copying, so
-    /// every slice of its events borrows from the body; the check keeps a broken promise from
-    /// turning into a panic on the request path.
-    fn span_of(&self, part: &[u8], at: usize) -> Result<Span, Rejection> {
-        let start = offset_in(self.body, part);
-        match start.checked_add(part.len()) {
-            Some(end) if end <= self.body.len() => Ok(Span { start, end }),
-            _ => Err(not_well_formed(
-                at,
-                "markup the XML reader did not take from the body",
-            )),
-        }
-    }
-
     /// `<?xml` S `version` Eq '1.0' (S `encoding` Eq EncName)? (S `standalone` Eq (yes|no))? S? `?>`
     fn read_xml_declaration(&mut self) -> Result<(), Rejection> {
-        let at = self.position();
+        let at = self.pos;
         let malformed = |at| not_well_formed(at, "malformed XML declaration");
-        match self.reader.read_event() {
+        let mut reader = Reader::from_reader(&self.body[at..]);
+        match reader.read_event() {
             Ok(Event::Decl(_)) => {}
             Ok(_) => return Err(malformed(at)),
             Err(_) => return Err(not_well_formed(at, "XML declaration not closed")),
         }
+        let end = at + reader.buffer_position() as usize;
+        self.pos = end;
         // Between `<?` and `?>`, starting with `xml`.
-        let content = &self.body[at + 2..self.position() - 2];
+        let content = &self.body[at + 2..end - 2];
         let text = std::str::from_utf8(content)
             .map_err(|error| not_well_formed(at + 2 + error.valid_up_to(), "invalid UTF-8"))?;
         let mut seen_version = false;
@@ -612,82 +613,85 @@ impl<'a> Tokenizer<'a> {
         if let Some(at) = self.pending_end.take() {
             return Ok(self.close_element(at));
         }
+        let body = self.body;
         loop {
-            let at = self.position();
-            let event = match self.reader.read_event() {
-                Ok(event) => event,
-                Err(error) => return Err(self.markup_error(at, &error)),
+            let at = self.pos;
+            let Some(&first) = body.get(at) else {
+                return self.end_of_body(at);
             };
-            let end = self.position();
-            match event {
-                Event::Start(tag) => return self.start_token(&tag, at, end, false),
-                Event::Empty(tag) => return self.start_token(&tag, at, end, true),
-                // The Reader has matched it to the open element.
-                Event::End(_) => return Ok(self.close_element(at)),
-                Event::Text(_) => {
+            match first {
+                b'<' => match body.get(at + 1) {
+                    Some(b'/') => return self.end_tag(at),
+                    Some(b'?') => {
+                        return Err(forbidden(
+                            at,
+                            "processing instruction (only the XML declaration is allowed)",
+                        ))
+                    }
+                    Some(b'!') if body[at..].starts_with(b"<!--") => self.skip_comment(at)?,
+                    Some(b'!') if body[at..].starts_with(b"<![CDATA[") => {
+                        return self.cdata_token(at)
+                    }
+                    Some(b'!') => return Err(self.doctype(at)),
+                    _ => return self.start_tag(at),
+                },
+                b'&' => return self.reference_token(at),
+                _ => {
+                    let end =
+                        memchr::memchr2(b'<', b'&', &body[at..]).map_or(body.len(), |n| at + n);
+                    self.pos = end;
                     if let Some(token) = self.text_token(Span { start: at, end })? {
                         return Ok(token);
                     }
                 }
-                Event::GeneralRef(_) => return self.reference_token(at, end),
-                Event::CData(_) => return self.cdata_token(at, end),
-                Event::Comment(_) => {}
-                Event::Decl(_) | Event::PI(_) => {
-                    return Err(forbidden(
-                        at,
-                        "processing instruction (only the XML declaration is allowed)",
-                    ))
-                }
-                Event::DocType(_) => return Err(self.doctype(at)),
-                Event::Eof => return self.end_of_body(at),
             }
         }
     }
 
-    /// What the Reader refused at `at`, in the words of the other rejections.
-    fn markup_error(&self, at: usize, error: &XmlError) -> Rejection {
-        let rest = self.body.get(at..).unwrap_or_default();
-        if rest.starts_with(b"<!DOCTYPE") {
-            return self.doctype(at);
+    /// `<!--` ... `-->` from `at`, with no `--` inside.
+    fn skip_comment(&mut self, at: usize) -> Result<(), Rejection> {
+        let content = at + b"<!--".len();
+        let dashes = memchr::memmem::find(&self.body[content..], b"--")
+            .map(|offset| content + offset)
+            .ok_or_else(|| not_well_formed(at, "comment not closed"))?;
+        if self.body.get(dashes + 2) != Some(&b'>') {
+            return Err(not_well_formed(dashes, "'--' inside a comment"));
         }
-        if rest.starts_with(b"<?") {
-            return forbidden(
-                at,
-                "processing instruction (only the XML declaration is allowed)",
-            );
-        }
-        let what: std::borrow::Cow<str> = match error {
-            XmlError::Syntax(SyntaxError::UnclosedTag) => "tag not closed".into(),
-            XmlError::Syntax(SyntaxError::UnclosedComment) => "comment not closed".into(),
-            XmlError::Syntax(SyntaxError::UnclosedCData) if rest.starts_with(b"<![CDATA[") => {
-                "CDATA section not closed".into()
-            }
-            XmlError::Syntax(
-                SyntaxError::InvalidBangMarkup
-                | SyntaxError::UnclosedCData
-                | SyntaxError::UnclosedDoctype,
-            )
-            | XmlError::IllFormed(IllFormedError::MissingDoctypeName) => {
-                "malformed markup after '<!'".into()
-            }
-            XmlError::IllFormed(IllFormedError::DoubleHyphenInComment) => {
-                "'--' inside a comment".into()
-            }
-            XmlError::IllFormed(IllFormedError::UnclosedReference) => {
-                "'&' without ';' (write &amp; for a literal '&')".into()
-            }
-            XmlError::IllFormed(IllFormedError::MismatchedEndTag { expected, found }) => format!(
-                "end tag {} does not match {}",
-                quote(found.as_bytes()),
-                quote(expected.as_bytes())
-            )
-            .into(),
-            XmlError::IllFormed(IllFormedError::UnmatchedEndTag(_)) => {
-                "end tag without start tag".into()
-            }
-            other => other.to_string().into(),
+        self.pos = dashes + 3;
+        Ok(())
+    }
+
+    /// `</` Name S? `>` from `at`: the name must be the open element's, byte for byte.
+    fn end_tag(&mut self, at: usize) -> Result<Token<'a>, Rejection> {
+        let body = self.body;
+        let Some(open) = self.open.last() else {
+            return Err(not_well_formed(at, "end tag without start tag"));
         };
-        not_well_formed(self.base + self.reader.error_position() as usize, what)
+        let expected = self.bytes(open.name);
+        let name_start = at + b"</".len();
+        if body[name_start..].starts_with(expected) {
+            let close = skip_spaces(body, name_start + expected.len());
+            if body.get(close) == Some(&b'>') {
+                self.pos = close + 1;
+                return Ok(self.close_element(at));
+            }
+        }
+        let Some(close) = memchr::memchr(b'>', &body[name_start..]) else {
+            return Err(not_well_formed(at, "tag not closed"));
+        };
+        let found = &body[name_start..name_start + close];
+        let found_end = found
+            .iter()
+            .rposition(|&b| !is_space(b))
+            .map_or(0, |i| i + 1);
+        Err(not_well_formed(
+            at,
+            format!(
+                "end tag {} does not match {}",
+                quote(&found[..found_end]),
+                quote(expected)
+            ),
+        ))
     }
 
     fn doctype(&self, at: usize) -> Rejection {
@@ -765,26 +769,32 @@ impl<'a> Tokenizer<'a> {
         }))
     }
 
-    /// `&name;` from `at` to `end`, delimited by the Reader.
-    fn reference_token(&mut self, at: usize, end: usize) -> Result<Token<'a>, Rejection> {
-        let reference = &self.body[at..end];
+    /// `&name;` from `at`.
+    fn reference_token(&mut self, at: usize) -> Result<Token<'a>, Rejection> {
         if self.phase != Phase::Content {
             return Err(not_well_formed(at, "reference outside the root element"));
         }
-        let ch = resolve_reference(&reference[1..reference.len() - 1])
-            .map_err(|error| reference_error(error, self.body, at))?;
-        self.add_text_bytes(reference.len(), at)?;
+        let (ch, len) =
+            reference_at(self.body, at).map_err(|error| reference_error(error, self.body, at))?;
+        self.pos = at + len;
+        self.add_text_bytes(len, at)?;
         Ok(Token::Reference { ch, at })
     }
 
-    fn cdata_token(&mut self, at: usize, end: usize) -> Result<Token<'a>, Rejection> {
+    /// `<![CDATA[` ... `]]>` from `at`.
+    fn cdata_token(&mut self, at: usize) -> Result<Token<'a>, Rejection> {
         if self.phase != Phase::Content {
             return Err(not_well_formed(
                 at,
                 "CDATA section outside the root element",
             ));
         }
-        let raw = &self.body[at + b"<![CDATA[".len()..end - b"]]>".len()];
+        let content = at + b"<![CDATA[".len();
+        let end = memchr::memmem::find(&self.body[content..], b"]]>")
+            .map(|offset| content + offset)
+            .ok_or_else(|| not_well_formed(at, "CDATA section not closed"))?;
+        self.pos = end + b"]]>".len();
+        let raw = &self.body[content..end];
         self.add_text_bytes(raw.len(), at)?;
         Ok(Token::CData { raw, at })
     }
@@ -799,15 +809,12 @@ impl<'a> Tokenizer<'a> {
         Token::End { at }
     }
 
-    /// Checks that the name quick-xml delimited (everything up to whitespace, `=`, `/>` or `>`)
-    /// is one XML Name; returns how it splits as a qualified name.
-    fn check_name(&self, name: Span, what: &str) -> Result<QName, Rejection> {
+    /// Checks that the name [`scan_name`] delimited (everything up to whitespace, `/`, `>` or `=`)
+    /// and tallied is one XML Name; returns how it splits as a qualified name.
+    fn check_name(&self, name: Span, tally: u64, what: &str) -> Result<QName, Rejection> {
         let bytes = self.bytes(name);
-        // ASCII names (all of Exchange's) in one branch-free pass, no decoding. The halves of the
-        // tally stay apart for names under 4 GiB (bodies are far smaller).
-        let tally = bytes
-            .iter()
-            .fold(0u64, |tally, &b| tally + NAME_BYTE_TALLY[usize::from(b)]);
+        // ASCII names (all of Exchange's) need no decoding. The halves of the tally stay apart for
+        // names under 4 GiB (bodies are far smaller).
         let colons = tally >> 32;
         let starts_well = bytes
             .first()
@@ -873,30 +880,27 @@ impl<'a> Tokenizer<'a> {
         }
     }
 
-    /// A start tag (`Start` or `Empty` event) from `at` to `end`.
-    fn start_token(
-        &mut self,
-        tag: &BytesStart<'a>,
-        at: usize,
-        end: usize,
-        empty: bool,
-    ) -> Result<Token<'a>, Rejection> {
+    /// A start tag or an empty-element tag from `at`.
+    fn start_tag(&mut self, at: usize) -> Result<Token<'a>, Rejection> {
         if self.phase == Phase::Epilog {
             return Err(not_well_formed(at, "content after the root element"));
         }
-        let name = self.span_of(tag.name().as_ref(), at)?;
-        let shape = self.check_name(name, "element")?;
+        let (name_end, tally) = scan_name(self.body, at + 1);
+        let name = Span {
+            start: at + 1,
+            end: name_end,
+        };
+        let shape = self.check_name(name, tally, "element")?;
         if self.open.len() >= self.limits.max_depth {
             let max = self.limits.max_depth;
             return Err(limit(at, format!("elements nested deeper than {max}")));
         }
         self.attrs.clear();
-        let raw = tag.attributes_raw();
-        if !raw.is_empty() {
-            let raw = self.span_of(raw, at)?;
-            self.split_attributes(raw)?;
+        let (end, empty) = self.split_attributes(at, name_end)?;
+        self.pos = end;
+        if self.attrs.len() > 1 {
+            self.check_duplicate_names(at)?;
         }
-        self.check_duplicate_names(at)?;
         let bindings_mark = self.bindings.len();
         self.declare_namespaces()?;
         let colon = self.split_qname(name, shape, "element")?;
@@ -935,64 +939,53 @@ impl<'a> Tokenizer<'a> {
         })
     }
 
-    /// Splits the attributes of a start tag (`raw`: everything after the element name, up to the
-    /// `>` or `/>` quick-xml found, quotes respected) into `S Name S? = S? quoted-value` in one
-    /// strict pass. quick-xml's `Attributes` splits leniently by design (no whitespace required
-    /// between attributes, any bytes in names and values) and walks values byte by byte, so its
-    /// result would have to be checked again; this finds each closing quote, and on the way any
-    /// `<` or `&` in the value, with one `memchr3`.
-    fn split_attributes(&mut self, raw: Span) -> Result<(), Rejection> {
+    /// Splits the attributes of the tag opened at `tag_at`, from `from` (the end of its name) to
+    /// its `>` or `/>`, into `S Name S? = S? quoted-value` in one strict pass; returns where the
+    /// tag ends and whether it is an empty-element tag. Each value's closing quote, and on the
+    /// way any `<` or `&` in it, is found with one `memchr3`; references are checked where they
+    /// stand (they never run past a quote).
+    fn split_attributes(&mut self, tag_at: usize, from: usize) -> Result<(usize, bool), Rejection> {
         let body = self.body;
-        let mut p = raw.start;
+        let mut p = from;
         loop {
             let gap = p;
-            while p < raw.end && is_space(body[p]) {
-                p += 1;
+            p = skip_spaces(body, p);
+            match body.get(p) {
+                None => return Err(not_well_formed(tag_at, "tag not closed")),
+                Some(b'>') => return Ok((p + 1, false)),
+                Some(b'/') if body.get(p + 1) == Some(&b'>') => return Ok((p + 2, true)),
+                Some(b'/') => return Err(not_well_formed(p, "'/' not followed by '>' in a tag")),
+                Some(_) if p == gap => {
+                    return Err(not_well_formed(
+                        p,
+                        "attributes must be separated by whitespace",
+                    ))
+                }
+                Some(_) => {}
             }
-            if p == raw.end {
-                return Ok(());
-            }
-            if p == gap {
-                return Err(not_well_formed(
-                    p,
-                    "attributes must be separated by whitespace",
-                ));
-            }
-            let name_start = p;
-            while p < raw.end && !is_space(body[p]) && body[p] != b'=' {
-                p += 1;
-            }
-            if p == name_start {
+            let (name_end, tally) = scan_name(body, p);
+            if name_end == p {
                 return Err(not_well_formed(p, "attribute without a name"));
             }
             let name = Span {
-                start: name_start,
-                end: p,
+                start: p,
+                end: name_end,
             };
-            while p < raw.end && is_space(body[p]) {
-                p += 1;
-            }
-            if body.get(p) != Some(&b'=') || p >= raw.end {
+            p = skip_spaces(body, name_end);
+            if body.get(p) != Some(&b'=') {
                 return Err(not_well_formed(p, "attribute without '=' and value"));
             }
-            p += 1;
-            while p < raw.end && is_space(body[p]) {
-                p += 1;
-            }
+            p = skip_spaces(body, p + 1);
             let quote = match body.get(p) {
-                Some(&q @ (b'"' | b'\'')) if p < raw.end => q,
+                Some(&q @ (b'"' | b'\'')) => q,
                 _ => return Err(not_well_formed(p, "attribute value must be quoted")),
             };
-            let shape = self.check_name(name, "attribute")?;
-            // One pass to the closing quote, checking on the way that the value holds no `<`
-            // and only well-formed references (which never run past a quote).
+            let shape = self.check_name(name, tally, "attribute")?;
             let value_start = p + 1;
             let mut has_reference = false;
             let mut q = value_start;
             let value_end = loop {
-                let found = body
-                    .get(q..raw.end)
-                    .and_then(|rest| memchr::memchr3(quote, b'<', b'&', rest))
+                let found = memchr::memchr3(quote, b'<', b'&', &body[q..])
                     .ok_or_else(|| not_well_formed(p, "attribute value not closed"))?;
                 q += found;
                 match body[q] {

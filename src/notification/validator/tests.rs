@@ -431,16 +431,27 @@ fn tags_and_attributes() {
 }
 
 #[test]
-fn tags_as_quick_xml_delimits_them() {
+fn tags_are_delimited_with_quotes_respected() {
     for good in [
         "<y a=\"/>\"/>",
         "<y a='>' b=\"'\"></y>",
         "<y\ta=\"1\"\n\tb='2'\n/>",
         "<y></y\t\n>",
+        "<y a = \"x>y\" b\t=\t'&gt;'\n/>",
+        "<y\n/>",
+        "<ya></ya ><y/>",
     ] {
         valid(in_message_xml(good));
     }
     for bad in [
+        "<ya></y>",
+        "<y></ya>",
+        "<y></y a>",
+        "<y a=\"1\"/x>",
+        "<y a=\"1\"b=\"2\"/>",
+        "<y a=\"1\" =\"2\"/>",
+        "<y a=1/>",
+        "<y a/>",
         "<y\"a\"/>",
         "<y=a/>",
         "<y/a/>",
@@ -455,6 +466,26 @@ fn tags_as_quick_xml_delimits_them() {
         &notification(STATUS)[..notification(STATUS).len() - 1],
         NotWellFormed,
     );
+}
+
+#[test]
+fn every_truncation_is_refused_as_not_well_formed() {
+    let body = notification(STATUS);
+    let last_markup = body.rfind('>').expect("the body ends with markup");
+    // Cut inside the declaration: an unclosed declaration, or (before `<?xml `) a processing
+    // instruction, refused as one.
+    let declaration_end = body.find("?>").expect("a declaration") + 2;
+    for end in 2..declaration_end {
+        let kind = verdict(&body.as_bytes()[..end]).map_err(|r| r.kind);
+        assert!(
+            matches!(kind, Err(NotWellFormed | ForbiddenMarkup)),
+            "cut at {end}: {kind:?}"
+        );
+    }
+    for end in (0..=last_markup).filter(|&end| end < 2 || end >= declaration_end) {
+        let rejection = refused(&body[..end], NotWellFormed);
+        assert!(offset(&rejection) <= end, "cut at {end}: {rejection}");
+    }
 }
 
 #[test]
