@@ -679,16 +679,14 @@ impl<'a> Tokenizer<'a> {
         let Some(close) = memchr::memchr(b'>', &body[name_start..]) else {
             return Err(not_well_formed(at, "tag not closed"));
         };
-        let found = &body[name_start..name_start + close];
-        let found_end = found
-            .iter()
-            .rposition(|&b| !is_space(b))
-            .map_or(0, |i| i + 1);
+        // Form feeds, the one ASCII space `trim_ascii_end` trims that XML does not, were refused
+        // up front with the other control characters.
+        let found = body[name_start..name_start + close].trim_ascii_end();
         Err(not_well_formed(
             at,
             format!(
                 "end tag {} does not match {}",
-                quote(&found[..found_end]),
+                quote(found),
                 quote(expected)
             ),
         ))
@@ -898,9 +896,7 @@ impl<'a> Tokenizer<'a> {
         self.attrs.clear();
         let (end, empty) = self.split_attributes(at, name_end)?;
         self.pos = end;
-        if self.attrs.len() > 1 {
-            self.check_duplicate_names(at)?;
-        }
+        self.check_duplicate_names(at)?;
         let bindings_mark = self.bindings.len();
         self.declare_namespaces()?;
         let colon = self.split_qname(name, shape, "element")?;
